@@ -1,0 +1,55 @@
+# Two commands do all set-up: `make demo` and `make test` (see README.md).
+# Both create .venv when missing and install from this repo's own files; with nothing
+# to install they print nothing but the job's own output.
+
+PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/python -m pip --disable-pip-version-check
+DEPS   := pyproject.toml setup.py constraints.txt
+DEMO_DIR ?= demo-data
+
+.PHONY: demo test install install-dev lock clean
+
+demo: $(VENV)/.installed
+	@rm -rf $(DEMO_DIR)
+	$(BIN)/shardflow data synth --rows 400000 --days 4 --rows-per-shard 50000 --output $(DEMO_DIR)/clicks
+	$(BIN)/shardflow data synth --rows 100000 --days 1 --start-date 2026-01-05 --rows-per-shard 50000 --append --output $(DEMO_DIR)/clicks
+	$(BIN)/shardflow data inspect $(DEMO_DIR)/clicks --max-shards 4
+	$(BIN)/shardflow data verify $(DEMO_DIR)/clicks
+	$(BIN)/shardflow data gc $(DEMO_DIR)/clicks
+
+test: $(VENV)/.installed-dev
+	$(BIN)/python -m pytest
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+$(BIN)/python:
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "shardflow needs Python 3.11; set PYTHON=/path/to/python3.11")'
+	@$(PYTHON) -m venv $(VENV)
+
+# One pip run resolves everything against the pinned set in constraints.txt.
+$(VENV)/.installed: $(BIN)/python $(DEPS)
+	@echo "Installing shardflow and its pinned dependencies into $(VENV) (a few minutes the first time)..."
+	@$(PIP) install -q -c constraints.txt pip setuptools wheel
+	@$(PIP) install -q --no-build-isolation -c constraints.txt -e '.[gcs,azure]'
+	@touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
+	@$(PIP) install -q --no-build-isolation -c constraints.txt -e '.[gcs,azure,dev]'
+	@$(PIP) check > /dev/null || { $(PIP) check; exit 1; }
+	@touch $@
+
+# Re-resolve the whole dependency set from pyproject.toml into constraints.txt.
+lock:
+	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/pip install -q -U pip setuptools wheel
+	.venv-lock/bin/pip install -q -e '.[gcs,azure,dev]'
+	.venv-lock/bin/pip check
+	{ echo "# One consistent dependency set, resolved by a single pip run (see 'make lock'). Python 3.11."; \
+	  .venv-lock/bin/pip freeze --all --exclude-editable | grep -v '^shardflow'; } > constraints.txt
+	rm -rf .venv-lock
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) build *.egg-info .pytest_cache

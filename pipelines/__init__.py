@@ -1,0 +1,1 @@
+"""shardflow.pipelines: data generation and Beam / Dask pipelines that write committed datasets."""

@@ -1,0 +1,110 @@
+"""The commit protocol's primitives: checksums and publishing a finished file.
+
+A file is always finished (written, checksummed) under a temporary local name first,
+then published to its final name in one step that readers never see half done:
+``os.replace`` on local disk, a single PUT (or multipart upload, which becomes visible
+only when complete) on object stores, so no rename is needed there. Final shard names are
+derived from content, so publishing the same bytes twice is a no-op.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import posixpath
+import shutil
+import uuid
+from collections.abc import Callable
+
+import fsspec
+
+from .urls import is_local
+
+__all__ = ["CHECKSUM_ALGORITHM", "checksum_file", "checksum_stream", "publish_file", "publish_bytes", "temp_token"]
+
+CHECKSUM_ALGORITHM = "sha256"
+_BLOCK = 4 << 20
+
+
+def temp_token() -> str:
+    """A unique token for temporary names."""
+    return uuid.uuid4().hex[:16]
+
+
+def checksum_stream(read: Callable[[int], bytes], on_bytes: Callable[[int], None] | None = None) -> tuple[str, int]:
+    """Hash a stream read in blocks; returns ``("sha256:<hex>", size)``."""
+    digest = hashlib.new(CHECKSUM_ALGORITHM)
+    size = 0
+    while block := read(_BLOCK):
+        digest.update(block)
+        size += len(block)
+        if on_bytes:
+            on_bytes(len(block))
+    return f"{CHECKSUM_ALGORITHM}:{digest.hexdigest()}", size
+
+
+def checksum_file(local_path: str) -> tuple[str, int]:
+    """Checksum and size of a local file."""
+    with open(local_path, "rb") as f:
+        return checksum_stream(f.read)
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def publish_file(fs: fsspec.AbstractFileSystem, local_path: str, dest: str, *, move: bool = True) -> None:
+    """Make a finished local file visible at ``dest`` in one step.
+
+    Args:
+        fs: Destination filesystem.
+        local_path: The finished file on local disk.
+        dest: Final path in ``fs``.
+        move: On local disk, move ``local_path`` instead of copying it.
+    """
+    if is_local(fs):
+        parent = os.path.dirname(dest)
+        os.makedirs(parent, exist_ok=True)
+        with open(local_path, "rb+") as f:
+            os.fsync(f.fileno())
+        if move:
+            try:
+                os.replace(local_path, dest)
+                _fsync_dir(parent)
+                return
+            except OSError:
+                pass  # another device: copy below
+        tmp = os.path.join(parent, f".tmp-{temp_token()}-{os.path.basename(dest)}")
+        shutil.copyfile(local_path, tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, dest)
+        _fsync_dir(parent)
+        if move:
+            os.unlink(local_path)
+    else:
+        fs.makedirs(posixpath.dirname(dest), exist_ok=True)
+        fs.put_file(local_path, dest)
+        if move:
+            os.unlink(local_path)
+
+
+def publish_bytes(fs: fsspec.AbstractFileSystem, dest: str, data: bytes) -> None:
+    """Write a small file (a manifest) so readers see the old or the new content, never a mix."""
+    if is_local(fs):
+        parent = os.path.dirname(dest)
+        os.makedirs(parent, exist_ok=True)
+        tmp = os.path.join(parent, f".tmp-{temp_token()}-{os.path.basename(dest)}")
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, dest)
+        _fsync_dir(parent)
+    else:
+        fs.makedirs(posixpath.dirname(dest), exist_ok=True)
+        fs.pipe_file(dest, data)

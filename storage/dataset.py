@@ -1,0 +1,372 @@
+"""Datasets that are either whole or invisible.
+
+Writing: shards are finished locally under temporary names, published under
+content-derived final names (``part-<split>-<sha256 prefix>.<ext>``), and only then is a
+new manifest version committed, last. Readers open ``manifest.json`` and see exactly the
+shards it lists: an interrupted write leaves the previous version readable and its own
+files unreferenced (``gc`` removes them). Rewriting identical content is a no-op;
+appending commits a new version that lists the old shards plus the new ones.
+
+This is for one writer per dataset at a time; a concurrent commit is detected and refused.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import os
+import posixpath
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import fsspec
+import pyarrow as pa
+
+from .commit import checksum_file, checksum_stream, publish_bytes, publish_file, temp_token
+from .errors import ChecksumMismatchError
+from .manifest import MANIFEST_NAME, Manifest, Shard, check_relative_path, history_name
+from .schema import feature_spec_from_schema, schema_from_json, schema_to_json
+from .urls import is_local, join_url, redact_url, resolve, translate_errors
+
+__all__ = [
+    "Dataset",
+    "DatasetWriter",
+    "ShardProblem",
+    "open_dataset",
+    "publish_shard",
+    "STAGING_DIR",
+]
+
+log = logging.getLogger(__name__)
+
+STAGING_DIR = "_staging"
+SHARD_PREFIX = "part-"
+_FORMAT_SUFFIX = {"parquet": ".parquet", "tfrecord": ".tfrecord", "tfrecord.gz": ".tfrecord.gz"}
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("shardflow")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _partition_dir(partition: Mapping[str, str]) -> str:
+    parts = []
+    for key, value in partition.items():
+        part = f"{key}={value}"
+        check_relative_path(part, where=f"partition {dict(partition)!r}")
+        parts.append(part)
+    return "/".join(parts)
+
+
+def publish_shard(
+    url: str,
+    local_path: str,
+    *,
+    split: str,
+    rows: int,
+    format: str,
+    partition: Mapping[str, str] | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> Shard:
+    """Publish one finished local shard file into the dataset at ``url``; not yet committed.
+
+    Safe to call from any process (a Beam or Dask worker): it needs only the URL and the
+    options, and returns the :class:`Shard` record to hand to :meth:`DatasetWriter.add`.
+    The local file is moved away (or deleted after upload).
+
+    Raises:
+        ValueError: an unknown ``format``, empty ``split`` or negative ``rows``.
+    """
+    if format not in _FORMAT_SUFFIX:
+        raise ValueError(f"Invalid value for `format`: {format!r}. Expected one of {sorted(_FORMAT_SUFFIX)}.")
+    if not split or "/" in split:
+        raise ValueError(f"Invalid value for `split`: {split!r}. Expected a non-empty name without '/'.")
+    if rows < 0:
+        raise ValueError(f"Invalid value for `rows`: {rows}. Expected a non-negative integer.")
+    partition = dict(partition or {})
+    checksum, size = checksum_file(local_path)
+    name = f"{SHARD_PREFIX}{split}-{checksum.split(':', 1)[1][:20]}{_FORMAT_SUFFIX[format]}"
+    rel = posixpath.join(_partition_dir(partition), name) if partition else name
+    fs, root = resolve(url, storage_options)
+    dest = posixpath.join(root, rel)
+    with translate_errors(join_url(url, rel), storage_options):
+        fs.invalidate_cache(dest)  # another process (gc) may have changed it since we listed
+        try:
+            existing = fs.size(dest)
+        except FileNotFoundError:
+            existing = None
+        if existing == size:  # same content already published (a rerun): nothing to do
+            os.unlink(local_path)
+        else:
+            publish_file(fs, local_path, dest)
+    return Shard(path=rel, format=format, split=split, rows=rows, bytes=size, checksum=checksum, partition=partition)
+
+
+def _read_manifest(fs: fsspec.AbstractFileSystem, path: str, url: str) -> Manifest | None:
+    try:
+        text = fs.cat_file(path)
+    except FileNotFoundError:
+        return None
+    return Manifest.from_json(text, where=redact_url(url))
+
+
+class DatasetWriter:
+    """Collects published shards and commits them as one new manifest version.
+
+    Use as a context manager: on an exception nothing is committed and the staging
+    directory is removed.
+
+    Example:
+        >>> with DatasetWriter("s3://bucket/clicks", name="synth", params={...}) as w:  # doctest: +SKIP
+        ...     path = w.staging_path(".parquet")
+        ...     ...  # write the file
+        ...     w.add(w.publish(path, split="train", rows=n, format="parquet"))
+        ...     w.commit(schema=table.schema)
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        name: str,
+        params: Mapping[str, Any] | None = None,
+        mode: Literal["overwrite", "append"] = "overwrite",
+        storage_options: Mapping[str, Any] | None = None,
+        staging_dir: str | None = None,
+    ) -> None:
+        """
+        Args:
+            url: Dataset root URL.
+            name: What writes (``"shardflow data synth"``), recorded in the manifest.
+            params: The resolved parameters of the write, recorded in the manifest (no secrets).
+            mode: ``"overwrite"`` replaces the dataset's content; ``"append"`` adds shards to it.
+            storage_options: Filesystem options (endpoint, credentials); never recorded.
+            staging_dir: Local directory for unfinished files of remote datasets (default: system temp).
+        """
+        if mode not in ("overwrite", "append"):
+            raise ValueError(f"Invalid value for `mode`: {mode!r}. Expected 'overwrite' or 'append'.")
+        self.url = url
+        self.name = name
+        self.params = dict(params or {})
+        self.mode = mode
+        self.storage_options = dict(storage_options or {})
+        self.fs, self.root = resolve(url, storage_options)
+        token = temp_token()
+        if is_local(self.fs):  # same device as the final files: publishing is a rename
+            self._staging = os.path.join(self.root, STAGING_DIR, token)
+        else:
+            self._staging = os.path.join(staging_dir or tempfile.gettempdir(), f"shardflow-staging-{token}")
+        os.makedirs(self._staging, exist_ok=True)
+        self._shards: list[Shard] = []
+        self._committed: Manifest | None = None
+
+    def __enter__(self) -> DatasetWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Remove the staging directory (published but uncommitted shards are left for ``gc``)."""
+        shutil.rmtree(self._staging, ignore_errors=True)
+        if is_local(self.fs):
+            try:
+                os.rmdir(os.path.dirname(self._staging))
+            except OSError:
+                pass
+
+    def staging_path(self, suffix: str = "") -> str:
+        """A fresh local path to write an unfinished shard to."""
+        return os.path.join(self._staging, f"{temp_token()}{suffix}")
+
+    def publish(self, local_path: str, *, split: str, rows: int, format: str,
+                partition: Mapping[str, str] | None = None) -> Shard:
+        """Publish a finished local file (see :func:`publish_shard`) and add it to this write."""
+        shard = publish_shard(self.url, local_path, split=split, rows=rows, format=format,
+                              partition=partition, storage_options=self.storage_options)
+        self.add(shard)
+        return shard
+
+    def add(self, *shards: Shard) -> None:
+        """Add shards published elsewhere (by workers) to this write."""
+        self._shards.extend(shards)
+
+    @property
+    def shards(self) -> list[Shard]:
+        return list(self._shards)
+
+    def commit(
+        self,
+        *,
+        schema: pa.Schema,
+        feature_spec: Mapping[str, Any] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        inputs: Sequence[str] = (),
+    ) -> Manifest:
+        """Commit the added shards as a new manifest version, written last.
+
+        Returns the current manifest unchanged when the content is identical (a rerun).
+
+        Raises:
+            ValueError: appending with a schema different from the dataset's.
+            FileExistsError: another writer committed to this dataset meanwhile.
+        """
+        with translate_errors(self.url, self.storage_options):
+            current = _read_manifest(self.fs, posixpath.join(self.root, MANIFEST_NAME), self.url)
+            schema_json = schema_to_json(schema)
+            shards = list(self._shards)
+            lineage: list[dict[str, Any]] = []
+            meta = dict(metadata or {})
+            if self.mode == "append" and current is not None:
+                if schema_from_json(current.schema) != schema:
+                    raise ValueError(
+                        f"Cannot append to {redact_url(self.url)}: schema differs from the dataset's.\n"
+                        f"dataset: {schema_from_json(current.schema)}\nnew: {schema}"
+                    )
+                known = {s.path for s in current.shards}
+                shards = list(current.shards) + [s for s in shards if s.path not in known]
+                lineage = list(current.lineage)
+                meta = {**current.metadata, **meta}
+            version = (current.version if current else 0) + 1
+            lineage.append({
+                "version": version, "operation": self.mode, "writer": self.name, "params": self.params,
+                "inputs": [redact_url(i) for i in inputs], "shards_added": len(self._shards), "created_at": _now(),
+            })
+            manifest = Manifest(
+                version=version,
+                created_at=_now(),
+                schema=schema_json,
+                feature_spec=dict(feature_spec) if feature_spec is not None else feature_spec_from_schema(schema),
+                shards=tuple(shards),
+                writer={"name": self.name, "params": self.params, "shardflow_version": _version()},
+                lineage=tuple(lineage),
+                metadata=meta,
+            )
+            if current is not None and manifest.same_content(current):
+                log.info("%s: content unchanged, keeping version %d", redact_url(self.url), current.version)
+                self._committed = current
+                return current
+            data = manifest.to_json().encode()
+            publish_bytes(self.fs, posixpath.join(self.root, history_name(version)), data)
+            latest = _read_manifest(self.fs, posixpath.join(self.root, MANIFEST_NAME), self.url)
+            if (latest.version if latest else 0) != version - 1:
+                raise FileExistsError(
+                    f"{redact_url(self.url)}: another writer committed version {latest.version if latest else 0} "
+                    f"while this one was writing; nothing was committed."
+                )
+            publish_bytes(self.fs, posixpath.join(self.root, MANIFEST_NAME), data)  # the commit point
+        log.info("%s: committed version %d (%d shards)", redact_url(self.url), version, len(shards))
+        self._committed = manifest
+        return manifest
+
+
+@dataclass(frozen=True)
+class ShardProblem:
+    """A shard that failed verification."""
+
+    shard: Shard
+    url: str
+    problem: str
+
+
+class Dataset:
+    """A committed dataset version, opened by :func:`open_dataset`."""
+
+    def __init__(self, url: str, manifest: Manifest, *, storage_options: Mapping[str, Any] | None = None) -> None:
+        self.url = url
+        self.manifest = manifest
+        self.storage_options = dict(storage_options or {})
+        self.fs, self.root = resolve(url, storage_options)
+
+    def __repr__(self) -> str:
+        return f"Dataset({redact_url(self.url)!r}, version={self.manifest.version}, shards={len(self.manifest.shards)})"
+
+    @property
+    def schema(self) -> pa.Schema:
+        return schema_from_json(self.manifest.schema)
+
+    def shards(self, split: str | None = None) -> list[Shard]:
+        return self.manifest.shards_for(split)
+
+    def shard_url(self, shard: Shard) -> str:
+        return join_url(self.url, check_relative_path(shard.path, where=redact_url(self.url)))
+
+    def shard_path(self, shard: Shard) -> str:
+        """The shard's path inside :attr:`fs`."""
+        return posixpath.join(self.root, check_relative_path(shard.path, where=redact_url(self.url)))
+
+    def open_shard(self, shard: Shard, mode: str = "rb", **kwargs: Any) -> Any:
+        with translate_errors(self.shard_url(shard), self.storage_options):
+            return self.fs.open(self.shard_path(shard), mode, **kwargs)
+
+    def check_shard(self, shard: Shard, on_bytes: Callable[[int], None] | None = None) -> ShardProblem | None:
+        """Read a shard fully; return what is wrong with it, or None."""
+        url = redact_url(self.shard_url(shard))
+        try:
+            with self.open_shard(shard, block_size=4 << 20) as f:
+                checksum, size = checksum_stream(f.read, on_bytes)
+        except FileNotFoundError:
+            return ShardProblem(shard, url, "missing")
+        except OSError as e:
+            return ShardProblem(shard, url, f"unreadable: {e}")
+        if size != shard.bytes:
+            return ShardProblem(shard, url, f"size {size} bytes, manifest says {shard.bytes}")
+        if checksum != shard.checksum:
+            return ShardProblem(shard, url, f"checksum {checksum}, manifest says {shard.checksum}")
+        return None
+
+    def verify(self, *, workers: int = 8, on_bytes: Callable[[int], None] | None = None,
+               raise_on_error: bool = False) -> list[ShardProblem]:
+        """Full scan: read every shard and compare its size and checksum with the manifest.
+
+        Args:
+            workers: Shards read in parallel.
+            on_bytes: Progress callback receiving byte counts.
+            raise_on_error: Raise :class:`ChecksumMismatchError` naming every bad shard.
+
+        Returns:
+            The problems found, in manifest order (empty when the dataset is intact).
+        """
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            results = list(pool.map(lambda s: self.check_shard(s, on_bytes), self.manifest.shards))
+        problems = [p for p in results if p is not None]
+        if problems and raise_on_error:
+            lines = "\n".join(f"  {p.url}: {p.problem}" for p in problems)
+            raise ChecksumMismatchError(f"{redact_url(self.url)}: {len(problems)} bad shard(s):\n{lines}")
+        return problems
+
+
+def open_dataset(url: str, *, storage_options: Mapping[str, Any] | None = None,
+                 version: int | None = None) -> Dataset:
+    """Open the committed dataset at ``url`` (its latest version, or ``version``).
+
+    Raises:
+        FileNotFoundError: no committed manifest at ``url`` (or no such version).
+        ManifestError / UnsafePathError: the manifest is malformed or points outside the root.
+    """
+    fs, root = resolve(url, storage_options)
+    shown = redact_url(url)
+    with translate_errors(url, storage_options):
+        latest = _read_manifest(fs, posixpath.join(root, MANIFEST_NAME), url)
+        if latest is None:
+            raise FileNotFoundError(f"No committed dataset at {shown}: {MANIFEST_NAME} not found.")
+        manifest = latest
+        if version is not None and version != latest.version:
+            old = _read_manifest(fs, posixpath.join(root, history_name(version)), join_url(url, history_name(version)))
+            if old is None or version > latest.version or old.version != version:
+                raise FileNotFoundError(
+                    f"{shown}: no committed version {version} (latest is {latest.version}).")
+            manifest = old
+    return Dataset(url, manifest, storage_options=storage_options)

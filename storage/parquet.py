@@ -1,0 +1,85 @@
+"""Parquet shards: the write side (rolling shards into a dataset) and the read side."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .dataset import Dataset, DatasetWriter
+from .manifest import Shard
+
+__all__ = ["write_parquet_shards", "read_parquet", "iter_parquet_batches"]
+
+
+def write_parquet_shards(
+    writer: DatasetWriter,
+    batches: Iterable[pa.RecordBatch],
+    *,
+    split: str,
+    partition: Mapping[str, str] | None = None,
+    rows_per_shard: int = 1_000_000,
+    compression: str = "snappy",
+    row_group_size: int = 128 * 1024,
+    use_dictionary: bool | list[str] = True,
+) -> list[Shard]:
+    """Stream record batches into Parquet shards of about ``rows_per_shard`` rows.
+
+    Memory stays at one batch plus one row group whatever the input size. Each finished
+    shard is published into ``writer``'s dataset (not committed: call ``writer.commit``).
+
+    Returns:
+        The published shards, in order.
+    """
+    if rows_per_shard <= 0:
+        raise ValueError(f"Invalid value for `rows_per_shard`: {rows_per_shard}. Expected a positive integer.")
+    shards: list[Shard] = []
+    current: pq.ParquetWriter | None = None
+    path = ""
+    rows = 0
+
+    def finish() -> None:
+        nonlocal current, rows
+        if current is not None:
+            current.close()
+            shards.append(writer.publish(path, split=split, rows=rows, format="parquet", partition=partition))
+        current, rows = None, 0
+
+    try:
+        for batch in batches:
+            offset = 0
+            while offset < batch.num_rows:
+                if current is None:
+                    path = writer.staging_path(".parquet")
+                    current = pq.ParquetWriter(path, batch.schema, compression=compression,
+                                               use_dictionary=use_dictionary, write_statistics=True)
+                take = min(batch.num_rows - offset, rows_per_shard - rows)
+                current.write_batch(batch.slice(offset, take), row_group_size=row_group_size)
+                offset += take
+                rows += take
+                if rows >= rows_per_shard:
+                    finish()
+        finish()
+    finally:
+        if current is not None:
+            current.close()
+    return shards
+
+
+def iter_parquet_batches(dataset: Dataset, split: str | None = None, *, columns: list[str] | None = None,
+                         batch_size: int = 65536) -> Iterator[pa.RecordBatch]:
+    """Record batches of the dataset's Parquet shards, in manifest order."""
+    for shard in dataset.shards(split):
+        if shard.format != "parquet":
+            continue
+        with dataset.open_shard(shard) as f:
+            yield from pq.ParquetFile(f).iter_batches(batch_size=batch_size, columns=columns)
+
+
+def read_parquet(dataset: Dataset, split: str | None = None, *, columns: list[str] | None = None,
+                 **kwargs: Any) -> pa.Table:
+    """The dataset's Parquet shards (of ``split``) as one table, schema from the manifest."""
+    schema = dataset.schema if columns is None else pa.schema([dataset.schema.field(c) for c in columns])
+    return pa.Table.from_batches(list(iter_parquet_batches(dataset, split, columns=columns, **kwargs)), schema=schema)

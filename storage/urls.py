@@ -1,0 +1,161 @@
+"""URLs at every public boundary: resolve once, redact always, translate vendor errors.
+
+Every public function in shardflow takes a URL plus a ``storage_options`` mapping
+(endpoint, credentials, ...). :func:`resolve` turns them into ``(fs, path)`` once; code
+further in works on that pair and never reads credentials from the environment itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import posixpath
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import fsspec
+import yaml
+from fsspec.implementations.local import LocalFileSystem
+
+__all__ = [
+    "resolve",
+    "join_url",
+    "is_local",
+    "redact_url",
+    "redact_text",
+    "parse_storage_options",
+    "translate_errors",
+]
+
+# Option names whose values are secrets; matched case-insensitively as substrings.
+_SECRET_WORDS = ("secret", "token", "password", "credential", "key", "sas", "signature")
+_SECRET_QUERY = re.compile(
+    r"(?i)([?&](?:sig|signature|x-amz-signature|x-amz-credential|x-amz-security-token|token|"
+    r"access_token|sas|key|password)=)[^&\s]*"
+)
+
+
+def resolve(url: str, storage_options: Mapping[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """Resolve ``url`` to a filesystem and a path inside it.
+
+    Args:
+        url: A plain path, ``file://``, ``memory://``, ``s3://``, ``gs://``, ``az://`` ... URL.
+        storage_options: Keyword arguments for the filesystem (endpoint, credentials, ...).
+
+    Returns:
+        ``(fs, path)`` with ``path`` stripped of any trailing slash.
+
+    Raises:
+        ValueError: ``url`` is empty or names a protocol no installed filesystem handles.
+    """
+    if not isinstance(url, str) or not url.strip():
+        raise ValueError(f"Invalid value for `url`: {url!r}. Expected a non-empty URL or path.")
+    try:
+        fs, path = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
+    except (ImportError, ValueError) as e:
+        raise ValueError(f"Cannot open {redact_url(url)}: {redact_text(str(e))}") from e
+    path = path.rstrip("/") or path
+    return fs, path
+
+
+def join_url(url: str, *parts: str) -> str:
+    """Append relative POSIX ``parts`` to ``url`` (keeps any ``scheme://``)."""
+    return posixpath.join(url.rstrip("/"), *parts)
+
+
+def is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    """True when ``fs`` is the local disk, where ``os.replace`` is atomic."""
+    return isinstance(fs, LocalFileSystem)
+
+
+def redact_url(url: str) -> str:
+    """Remove passwords and signed-query secrets from a URL, for logs and messages."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        user = userinfo.split(":", 1)[0]
+        netloc = f"{user}:***@{host}" if ":" in userinfo else netloc
+    query = _SECRET_QUERY.sub(r"\1***", "?" + parts.query)[1:] if parts.query else ""
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def redact_text(text: str, secrets: Iterable[str] = ()) -> str:
+    """Blank out known secret values and signed-query parameters in free text."""
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "***")
+    return _SECRET_QUERY.sub(r"\1***", text)
+
+
+def secret_values(storage_options: Mapping[str, Any] | None) -> list[str]:
+    """The string values of ``storage_options`` whose keys look like credentials."""
+    found: list[str] = []
+    for key, value in (storage_options or {}).items():
+        if isinstance(value, Mapping):
+            found.extend(secret_values(value))
+        elif isinstance(value, str) and any(w in key.lower() for w in _SECRET_WORDS):
+            found.append(value)
+    return found
+
+
+def parse_storage_options(items: Iterable[str]) -> dict[str, Any]:
+    """Parse repeatable ``key=value`` CLI options into a ``storage_options`` dict.
+
+    Values are read as YAML scalars (``true``, ``3``, ``null``); dotted keys nest, so
+    ``client_kwargs.region_name=eu-west-1`` becomes ``{"client_kwargs": {"region_name": ...}}``.
+
+    Raises:
+        ValueError: an item has no ``=`` or an empty key.
+    """
+    options: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ValueError(f"Invalid value for `--storage-option`: {item.split('=')[0]!r}... Expected key=value.")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        if not isinstance(value, (str, int, float, bool)) and value is not None:
+            value = raw  # keep structured-looking text verbatim
+        target = options
+        *parents, leaf = key.split(".")
+        for parent in parents:
+            target = target.setdefault(parent, {})
+            if not isinstance(target, dict):
+                raise ValueError(f"Invalid value for `--storage-option`: {key!r} nests under a non-mapping.")
+        target[leaf] = value
+    return options
+
+
+_VENDOR_MODULES = ("botocore", "aiobotocore", "aiohttp", "google", "azure", "requests", "urllib3", "s3fs", "gcsfs", "adlfs")
+
+
+@contextlib.contextmanager
+def translate_errors(url: str, storage_options: Mapping[str, Any] | None = None) -> Iterator[None]:
+    """Re-raise storage failures as built-in exceptions whose message names ``url``.
+
+    Built-in ``OSError`` subclasses keep their type; errors from storage vendors' libraries
+    become ``OSError``. Secrets from ``storage_options`` never reach the message.
+    """
+    secrets = secret_values(storage_options)
+    shown = redact_url(url)
+    try:
+        yield
+    except (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError) as e:
+        if shown in str(e):
+            raise
+        detail = redact_text(str(e), secrets)
+        raise type(e)(f"{shown}: {detail}") from e
+    except Exception as e:
+        module = type(e).__module__.split(".")[0]
+        if module not in _VENDOR_MODULES:
+            raise
+        detail = redact_text(f"{type(e).__name__}: {e}", secrets)
+        raise OSError(f"Storage error at {shown}: {detail}") from e

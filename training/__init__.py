@@ -1,0 +1,1 @@
+"""shardflow.training: ParameterServerStrategy jobs over committed datasets (issue 4)."""
