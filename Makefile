@@ -5,11 +5,11 @@
 PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
-PIP    := $(BIN)/python -m pip --disable-pip-version-check
+PIP    := PYTHONWARNINGS=ignore $(BIN)/python -m pip --disable-pip-version-check
 DEPS   := pyproject.toml setup.py constraints.txt
 DEMO_DIR ?= demo-data
 
-.PHONY: demo test install install-dev lock clean
+.PHONY: demo test bench install install-dev lock clean
 
 demo: $(VENV)/.installed
 	@rm -rf $(DEMO_DIR)
@@ -21,6 +21,10 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest
+
+# Benchmarks print measured figures and ratios against a baseline run in the same process.
+bench: $(VENV)/.installed
+	$(BIN)/python benchmarks/synth_bench.py
 
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from shardflow.storage import DatasetWriter, Manifest, write_parquet_shards
+from shardflow.storage import DatasetWriter, Manifest, open_dataset, redact_url, write_parquet_shards
 
 __all__ = ["SynthConfig", "PlantedModel", "synthesize", "SCHEMA", "NUMERIC", "CATEGORICAL", "LABEL"]
 
@@ -277,6 +277,18 @@ def _day_batches(model: PlantedModel, seed: int, date: str, rows: int, hist: _Pr
         yield batch
 
 
+def _summary(days: dict[str, dict[str, Any]], model: PlantedModel) -> dict[str, Any]:
+    """Dataset-level figures from per-day ones (days share one model, so the optimum is their weighted mean)."""
+    rows = sum(d["rows"] for d in days.values())
+
+    def mean(key: str) -> float:
+        return round(sum(d[key] * d["rows"] for d in days.values()) / rows, 5)
+
+    return {"optimal_auc": mean("optimal_auc"), "optimal_auc_realized": mean("optimal_auc_realized"),
+            "click_rate": mean("click_rate"), "label": LABEL, "numeric": NUMERIC, "categorical": CATEGORICAL,
+            "days": dict(sorted(days.items())), "model": model.describe()}
+
+
 def synthesize(
     url: str,
     config: SynthConfig,
@@ -290,30 +302,34 @@ def synthesize(
     Args:
         url: Dataset URL.
         config: Rows, days, seed, first date, shard size.
-        append: Add the days to an existing dataset instead of replacing it.
+        append: Add the days to an existing dataset instead of replacing it (same seed:
+            same planted model; a different seed is refused).
         storage_options: Filesystem options for ``url``.
         on_rows: Progress callback receiving row counts.
 
     Returns:
         The committed manifest; ``metadata["synth"]["optimal_auc"]`` is the best AUC a
-        model can expect on this data.
+        model can expect on this data, with per-day figures under ``["days"]``.
     """
+    days: dict[str, dict[str, Any]] = {}
+    if append:
+        try:
+            previous = open_dataset(url, storage_options=storage_options).manifest.metadata.get("synth")
+        except FileNotFoundError:
+            previous = None
+        if previous is not None:
+            if previous["model"]["seed"] != config.seed:
+                raise ValueError(f"Invalid value for `seed`: {config.seed}. The dataset at {redact_url(url)} was "
+                                 f"made with seed {previous['model']['seed']}; appended days must use the same model.")
+            days = dict(previous["days"])
     model = PlantedModel.from_seed(config.seed)
-    hist = _ProbabilityHistogram()
     with DatasetWriter(url, name="shardflow data synth", params=asdict(config),
                        mode="append" if append else "overwrite", storage_options=storage_options) as writer:
         for date, rows in config.day_rows():
+            hist = _ProbabilityHistogram()
             write_parquet_shards(writer, _day_batches(model, config.seed, date, rows, hist, on_rows), split="all",
                                  partition={"day": date}, rows_per_shard=config.rows_per_shard)
-        expected, realized = hist.auc()
-        clicks = float(hist.pos.sum())
-        total = clicks + float(hist.neg.sum())
-        metadata = {"synth": {
-            "optimal_auc": round(expected, 5),
-            "optimal_auc_realized": round(realized, 5),
-            "click_rate": round(clicks / total, 5) if total else None,
-            "label": LABEL, "numeric": NUMERIC, "categorical": CATEGORICAL,
-            "days": [d for d, _ in config.day_rows()],
-            "model": model.describe(),
-        }}
-        return writer.commit(schema=SCHEMA, metadata=metadata)
+            expected, realized = hist.auc()
+            days[date] = {"rows": rows, "optimal_auc": round(expected, 5), "optimal_auc_realized": round(realized, 5),
+                          "click_rate": round(float(hist.pos.sum()) / rows, 5)}
+        return writer.commit(schema=SCHEMA, metadata={"synth": _summary(days, model)})

@@ -57,7 +57,8 @@ def _human_bytes(n: float) -> str:
 def _parse_duration(text: str) -> float:
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text)
     if not match:
-        raise typer.BadParameter(f"{text!r}; expected a number with an optional unit s, m, h or d (e.g. 1h).")
+        raise typer.BadParameter(f"{text!r}. Expected a number with an optional unit s, m, h or d (e.g. 1h).",
+                                 param_hint="'--grace'")
     return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
 
 
@@ -95,7 +96,7 @@ def data_synth(
 
 @data_app.command("inspect")
 def data_inspect(
-    url: Annotated[str, typer.Argument(help="Dataset URL.")],
+    url: Annotated[str, typer.Argument(help="Dataset URL.", metavar="URL")],
     version: Annotated[Optional[int], typer.Option(help="A committed version (default: latest).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
     max_shards: Annotated[int, typer.Option(help="Shard rows to list (0: none).")] = 20,
@@ -137,7 +138,7 @@ def data_inspect(
 
 @data_app.command("verify")
 def data_verify(
-    url: Annotated[str, typer.Argument(help="Dataset URL.")],
+    url: Annotated[str, typer.Argument(help="Dataset URL.", metavar="URL")],
     workers: Annotated[int, typer.Option(help="Shards read in parallel.", min=1)] = 8,
     storage_option: StorageOption = None,
 ) -> None:
@@ -158,7 +159,7 @@ def data_verify(
 
 @data_app.command("gc")
 def data_gc(
-    url: Annotated[str, typer.Argument(help="Dataset URL.")],
+    url: Annotated[str, typer.Argument(help="Dataset URL.", metavar="URL")],
     grace: Annotated[str, typer.Option(help="Leave files younger than this (e.g. 30m, 1h, 0).")] = "1h",
     keep_versions: Annotated[Optional[int], typer.Option(help="Keep only the latest N versions' shards.", min=1)] = None,
     dry_run: Annotated[bool, typer.Option(help="Report what would be removed; remove nothing.")] = False,
