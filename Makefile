@@ -27,7 +27,9 @@ bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/synth_bench.py
 
 install: $(VENV)/.installed
+	@:
 install-dev: $(VENV)/.installed-dev
+	@:
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "shardflow needs Python 3.11; set PYTHON=/path/to/python3.11")'
