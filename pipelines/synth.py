@@ -277,12 +277,16 @@ def _day_batches(model: PlantedModel, seed: int, date: str, rows: int, hist: _Pr
         yield batch
 
 
+def _finite(value: float) -> float | None:
+    return None if np.isnan(value) else round(value, 5)
+
+
 def _summary(days: dict[str, dict[str, Any]], model: PlantedModel) -> dict[str, Any]:
     """Dataset-level figures from per-day ones (days share one model, so the optimum is their weighted mean)."""
-    rows = sum(d["rows"] for d in days.values())
-
-    def mean(key: str) -> float:
-        return round(sum(d[key] * d["rows"] for d in days.values()) / rows, 5)
+    def mean(key: str) -> float | None:
+        known = [d for d in days.values() if d[key] is not None]  # AUC is undefined for a day of one class
+        weight = sum(d["rows"] for d in known)
+        return round(sum(d[key] * d["rows"] for d in known) / weight, 5) if weight else None
 
     return {"optimal_auc": mean("optimal_auc"), "optimal_auc_realized": mean("optimal_auc_realized"),
             "click_rate": mean("click_rate"), "label": LABEL, "numeric": NUMERIC, "categorical": CATEGORICAL,
@@ -322,14 +326,19 @@ def synthesize(
                 raise ValueError(f"Invalid value for `seed`: {config.seed}. The dataset at {redact_url(url)} was "
                                  f"made with seed {previous['model']['seed']}; appended days must use the same model.")
             days = dict(previous["days"])
+            for date, rows in config.day_rows():
+                if date in days and days[date]["rows"] != rows:
+                    raise ValueError(f"Invalid value for `start_date`: {config.start_date}. Day {date} is already in "
+                                     f"{redact_url(url)} with {days[date]['rows']} rows; appending would duplicate it.")
     model = PlantedModel.from_seed(config.seed)
     with DatasetWriter(url, name="shardflow data synth", params=asdict(config),
                        mode="append" if append else "overwrite", storage_options=storage_options) as writer:
         for date, rows in config.day_rows():
             hist = _ProbabilityHistogram()
             write_parquet_shards(writer, _day_batches(model, config.seed, date, rows, hist, on_rows), split="all",
-                                 partition={"day": date}, rows_per_shard=config.rows_per_shard)
+                                 partition={"day": date}, rows_per_shard=config.rows_per_shard,
+                                 write_statistics=[LABEL, *NUMERIC])
             expected, realized = hist.auc()
-            days[date] = {"rows": rows, "optimal_auc": round(expected, 5), "optimal_auc_realized": round(realized, 5),
+            days[date] = {"rows": rows, "optimal_auc": _finite(expected), "optimal_auc_realized": _finite(realized),
                           "click_rate": round(float(hist.pos.sum()) / rows, 5)}
         return writer.commit(schema=SCHEMA, metadata={"synth": _summary(days, model)})

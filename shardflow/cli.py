@@ -160,14 +160,17 @@ def data_verify(
 @data_app.command("gc")
 def data_gc(
     url: Annotated[str, typer.Argument(help="Dataset URL.", metavar="URL")],
-    grace: Annotated[str, typer.Option(help="Leave files younger than this (e.g. 30m, 1h, 0).")] = "1h",
+    grace: Annotated[str, typer.Option(help="Leave files younger than this (e.g. 30m, 6h, 1d, 0); "
+                                             "must exceed the longest write.")] = "1d",
     keep_versions: Annotated[Optional[int], typer.Option(help="Keep only the latest N versions' shards.", min=1)] = None,
     dry_run: Annotated[bool, typer.Option(help="Report what would be removed; remove nothing.")] = False,
+    force: Annotated[bool, typer.Option(help="Also run where nothing was ever committed (a first write died).")] = False,
     storage_option: StorageOption = None,
 ) -> None:
     """Remove orphaned temporary files and shards that no committed manifest references."""
     report = collect_garbage(url, storage_options=parse_storage_options(storage_option or []),
-                             grace_seconds=_parse_duration(grace), keep_versions=keep_versions, dry_run=dry_run)
+                             grace_seconds=_parse_duration(grace), keep_versions=keep_versions, dry_run=dry_run,
+                             force=force)
     verb = "would remove" if dry_run else "removed"
     for rel in report.removed:
         out.print(f"{verb} {rel}")

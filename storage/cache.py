@@ -25,7 +25,7 @@ from .commit import checksum_stream, temp_token
 from .dataset import Dataset
 from .errors import ChecksumMismatchError
 from .manifest import Shard
-from .urls import redact_url
+from .urls import redact_url, translate_errors
 
 __all__ = ["ShardCache", "CacheStats"]
 
@@ -37,7 +37,7 @@ _BLOCK = 8 << 20
 class CacheStats:
     """Counters for this process's use of the cache."""
 
-    hits: int = 0
+    hits: int = 0  # fetches served from the cache
     downloads: int = 0
     bytes_downloaded: int = 0
     evictions: int = 0
@@ -73,6 +73,7 @@ class ShardCache:
         self.stats = CacheStats()
         for sub in ("data", "locks", "tmp"):
             os.makedirs(os.path.join(self.directory, sub), exist_ok=True)
+        self._remove_stale_downloads()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="shard-cache")
 
     def close(self) -> None:
@@ -113,10 +114,31 @@ class ShardCache:
 
     # -- fetching ------------------------------------------------------------------------
 
+    def _remove_stale_downloads(self) -> None:
+        """Delete partial downloads of processes that died (a live download holds a lock on its file)."""
+        tmp_dir = os.path.join(self.directory, "tmp")
+        for name in os.listdir(tmp_dir):
+            path = os.path.join(tmp_dir, name)
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                os.unlink(path)
+            except (BlockingIOError, FileNotFoundError):
+                pass
+            finally:
+                os.close(fd)
+
     def _download(self, dataset: Dataset, shard: Shard, final: str) -> None:
         tmp = os.path.join(self.directory, "tmp", f"{temp_token()}{_suffix(shard)}")
         try:
-            with dataset.open_shard(shard, block_size=_BLOCK) as src, open(tmp, "wb") as dst:
+            with translate_errors(dataset.shard_url(shard), dataset.storage_options), \
+                    dataset.fs.open(dataset.shard_path(shard), "rb", block_size=_BLOCK) as src, \
+                    open(tmp, "wb") as dst:
+                fcntl.flock(dst.fileno(), fcntl.LOCK_EX)  # marks the download as live
+
                 def read(n: int) -> bytes:
                     block = src.read(n)
                     dst.write(block)
@@ -170,7 +192,6 @@ class ShardCache:
             with self._lock(key, fcntl.LOCK_SH):
                 if os.path.exists(final):
                     os.utime(final)
-                    self.stats.hits += 1
                     yield final
                     return
             self.fetch(dataset, shard)  # then take the shared lock again: it may be evicted in between

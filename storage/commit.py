@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import posixpath
 import shutil
 import uuid
 from collections.abc import Callable
@@ -86,15 +85,19 @@ def publish_file(fs: fsspec.AbstractFileSystem, local_path: str, dest: str, *, m
         _fsync_dir(parent)
         if move:
             os.unlink(local_path)
-    else:
-        fs.makedirs(posixpath.dirname(dest), exist_ok=True)
+    else:  # no makedirs: object stores have no directories, and s3fs would create a missing bucket
         fs.put_file(local_path, dest)
         if move:
             os.unlink(local_path)
 
 
-def publish_bytes(fs: fsspec.AbstractFileSystem, dest: str, data: bytes) -> None:
-    """Write a small file (a manifest) so readers see the old or the new content, never a mix."""
+def publish_bytes(fs: fsspec.AbstractFileSystem, dest: str, data: bytes, *, exclusive: bool = False) -> None:
+    """Write a small file (a manifest) so readers see the old or the new content, never a mix.
+
+    Args:
+        exclusive: Fail with ``FileExistsError`` if ``dest`` exists, atomically: ``link(2)``
+            on local disk, a conditional PUT (``If-None-Match: *``) on S3, GCS and Azure.
+    """
     if is_local(fs):
         parent = os.path.dirname(dest)
         os.makedirs(parent, exist_ok=True)
@@ -103,8 +106,14 @@ def publish_bytes(fs: fsspec.AbstractFileSystem, dest: str, data: bytes) -> None
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, dest)
+        try:
+            if exclusive:
+                os.link(tmp, dest)
+            else:
+                os.replace(tmp, dest)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
         _fsync_dir(parent)
     else:
-        fs.makedirs(posixpath.dirname(dest), exist_ok=True)
-        fs.pipe_file(dest, data)
+        fs.pipe_file(dest, data, mode="create" if exclusive else "overwrite")

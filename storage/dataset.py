@@ -1,13 +1,15 @@
 """Datasets that are either whole or invisible.
 
 Writing: shards are finished locally under temporary names, published under
-content-derived final names (``part-<split>-<sha256 prefix>.<ext>``), and only then is a
-new manifest version committed, last. Readers open ``manifest.json`` and see exactly the
-shards it lists: an interrupted write leaves the previous version readable and its own
-files unreferenced (``gc`` removes them). Rewriting identical content is a no-op;
-appending commits a new version that lists the old shards plus the new ones.
+content-derived final names (``part-<split>-<sha256 prefix>.<ext>``), checked to be in
+place, and only then is a new manifest version created, exclusively, last. Readers open
+the latest version in ``_manifests/`` and see exactly the shards it lists: an interrupted
+write leaves the previous version readable and its own files unreferenced (``gc``
+removes them). Rewriting identical content is a no-op; appending commits a new version
+that lists the old shards plus the new ones.
 
-This is for one writer per dataset at a time; a concurrent commit is detected and refused.
+Two writers racing for the same version cannot both win: the loser's exclusive create
+fails and it raises ``FileExistsError`` having committed nothing.
 """
 
 from __future__ import annotations
@@ -27,10 +29,10 @@ import fsspec
 import pyarrow as pa
 
 from .commit import checksum_file, checksum_stream, publish_bytes, publish_file, temp_token
-from .errors import ChecksumMismatchError
-from .manifest import MANIFEST_NAME, Manifest, Shard, check_relative_path, history_name
+from .errors import ChecksumMismatchError, ManifestError
+from .manifest import HISTORY_DIR, MANIFEST_NAME, Manifest, Shard, check_relative_path, history_name, parse_history_name
 from .schema import feature_spec_from_schema, schema_from_json, schema_to_json
-from .urls import is_local, join_url, redact_url, resolve, translate_errors
+from .urls import is_local, join_url, redact_url, resolve, scrub, translate_errors
 
 __all__ = [
     "Dataset",
@@ -102,14 +104,10 @@ def publish_shard(
     fs, root = resolve(url, storage_options)
     dest = posixpath.join(root, rel)
     with translate_errors(join_url(url, rel), storage_options):
-        fs.invalidate_cache(dest)  # another process (gc) may have changed it since we listed
-        try:
-            existing = fs.size(dest)
-        except FileNotFoundError:
-            existing = None
-        if existing == size:  # same content already published (a rerun): nothing to do
+        if is_local(fs) and os.path.isfile(dest) and os.path.getsize(dest) == size:
+            os.utime(dest)  # a rerun: same name means same bytes; refresh its age so gc leaves it be
             os.unlink(local_path)
-        else:
+        else:  # object stores: upload again, which also refreshes its age; identical bytes either way
             publish_file(fs, local_path, dest)
     return Shard(path=rel, format=format, split=split, rows=rows, bytes=size, checksum=checksum, partition=partition)
 
@@ -120,6 +118,30 @@ def _read_manifest(fs: fsspec.AbstractFileSystem, path: str, url: str) -> Manife
     except FileNotFoundError:
         return None
     return Manifest.from_json(text, where=redact_url(url))
+
+
+def committed_versions(fs: fsspec.AbstractFileSystem, root: str) -> list[int]:
+    """Committed versions of the dataset at ``root``, ascending (listed fresh, not from a cache)."""
+    history = posixpath.join(root, HISTORY_DIR)
+    fs.invalidate_cache(history)
+    try:
+        names = fs.ls(history, detail=False)
+    except FileNotFoundError:
+        return []
+    versions = (parse_history_name(posixpath.basename(n.rstrip("/"))) for n in names)
+    return sorted(v for v in versions if v is not None)
+
+
+def latest_manifest(fs: fsspec.AbstractFileSystem, root: str, url: str) -> Manifest | None:
+    """The latest committed manifest, or None when nothing was ever committed."""
+    versions = committed_versions(fs, root)
+    if not versions:
+        return None
+    name = history_name(versions[-1])
+    manifest = _read_manifest(fs, posixpath.join(root, name), join_url(url, name))
+    if manifest is None or manifest.version != versions[-1]:
+        raise ManifestError(f"{redact_url(join_url(url, name))}: missing or names another version.")
+    return manifest
 
 
 class DatasetWriter:
@@ -159,7 +181,7 @@ class DatasetWriter:
             raise ValueError(f"Invalid value for `mode`: {mode!r}. Expected 'overwrite' or 'append'.")
         self.url = url
         self.name = name
-        self.params = dict(params or {})
+        self.params = scrub(params or {})
         self.mode = mode
         self.storage_options = dict(storage_options or {})
         self.fs, self.root = resolve(url, storage_options)
@@ -169,8 +191,10 @@ class DatasetWriter:
         else:
             self._staging = os.path.join(staging_dir or tempfile.gettempdir(), f"shardflow-staging-{token}")
         os.makedirs(self._staging, exist_ok=True)
+        with translate_errors(url, storage_options):
+            versions = committed_versions(self.fs, self.root)
+        self._base_version = versions[-1] if versions else 0  # what this write starts from
         self._shards: list[Shard] = []
-        self._committed: Manifest | None = None
 
     def __enter__(self) -> DatasetWriter:
         return self
@@ -207,6 +231,22 @@ class DatasetWriter:
     def shards(self) -> list[Shard]:
         return list(self._shards)
 
+    def _check_in_place(self, shards: Sequence[Shard]) -> None:
+        """Refuse to commit shards that vanished (e.g. ``gc`` with a grace shorter than this write)."""
+        if not shards:
+            return
+        self.fs.invalidate_cache(self.root)
+        sizes = {p: info.get("size") for p, info in self.fs.find(self.root, detail=True).items()}
+        prefix = self.root.rstrip("/") + "/"
+        for shard in shards:
+            size = sizes.get(prefix + shard.path)
+            if size != shard.bytes:
+                raise FileNotFoundError(
+                    f"{redact_url(join_url(self.url, shard.path))}: published shard is "
+                    f"{'missing' if size is None else f'{size} bytes, expected {shard.bytes}'}; nothing was committed "
+                    "(was gc run with a grace period shorter than this write?)."
+                )
+
     def commit(
         self,
         *,
@@ -224,7 +264,7 @@ class DatasetWriter:
             FileExistsError: another writer committed to this dataset meanwhile.
         """
         with translate_errors(self.url, self.storage_options):
-            current = _read_manifest(self.fs, posixpath.join(self.root, MANIFEST_NAME), self.url)
+            current = latest_manifest(self.fs, self.root, self.url)
             schema_json = schema_to_json(schema)
             shards = list(self._shards)
             lineage: list[dict[str, Any]] = []
@@ -256,19 +296,24 @@ class DatasetWriter:
             )
             if current is not None and manifest.same_content(current):
                 log.info("%s: content unchanged, keeping version %d", redact_url(self.url), current.version)
-                self._committed = current
                 return current
-            data = manifest.to_json().encode()
-            publish_bytes(self.fs, posixpath.join(self.root, history_name(version)), data)
-            latest = _read_manifest(self.fs, posixpath.join(self.root, MANIFEST_NAME), self.url)
-            if (latest.version if latest else 0) != version - 1:
+            if version - 1 != self._base_version:
                 raise FileExistsError(
-                    f"{redact_url(self.url)}: another writer committed version {latest.version if latest else 0} "
-                    f"while this one was writing; nothing was committed."
+                    f"{redact_url(self.url)}: another writer committed version {version - 1} since this write "
+                    f"started from version {self._base_version}; nothing was committed."
                 )
-            publish_bytes(self.fs, posixpath.join(self.root, MANIFEST_NAME), data)  # the commit point
+            self._check_in_place(self._shards)
+            data = manifest.to_json().encode()
+            try:
+                publish_bytes(self.fs, posixpath.join(self.root, history_name(version)), data, exclusive=True)
+            except FileExistsError:
+                raise FileExistsError(
+                    f"{redact_url(self.url)}: another writer committed version {version} while this one was "
+                    "writing; nothing was committed."
+                ) from None
+            # The commit is done; this copy is for people and tools that look for manifest.json.
+            publish_bytes(self.fs, posixpath.join(self.root, MANIFEST_NAME), data)
         log.info("%s: committed version %d (%d shards)", redact_url(self.url), version, len(shards))
-        self._committed = manifest
         return manifest
 
 
@@ -315,7 +360,8 @@ class Dataset:
         """Read a shard fully; return what is wrong with it, or None."""
         url = redact_url(self.shard_url(shard))
         try:
-            with self.open_shard(shard, block_size=4 << 20) as f:
+            with translate_errors(self.shard_url(shard), self.storage_options), \
+                    self.fs.open(self.shard_path(shard), "rb", block_size=4 << 20) as f:
                 checksum, size = checksum_stream(f.read, on_bytes)
         except FileNotFoundError:
             return ShardProblem(shard, url, "missing")
@@ -353,20 +399,20 @@ def open_dataset(url: str, *, storage_options: Mapping[str, Any] | None = None,
     """Open the committed dataset at ``url`` (its latest version, or ``version``).
 
     Raises:
-        FileNotFoundError: no committed manifest at ``url`` (or no such version).
+        FileNotFoundError: nothing committed at ``url`` (or no such version).
         ManifestError / UnsafePathError: the manifest is malformed or points outside the root.
     """
     fs, root = resolve(url, storage_options)
     shown = redact_url(url)
     with translate_errors(url, storage_options):
-        latest = _read_manifest(fs, posixpath.join(root, MANIFEST_NAME), url)
-        if latest is None:
-            raise FileNotFoundError(f"No committed dataset at {shown}: {MANIFEST_NAME} not found.")
-        manifest = latest
-        if version is not None and version != latest.version:
-            old = _read_manifest(fs, posixpath.join(root, history_name(version)), join_url(url, history_name(version)))
-            if old is None or version > latest.version or old.version != version:
-                raise FileNotFoundError(
-                    f"{shown}: no committed version {version} (latest is {latest.version}).")
-            manifest = old
+        if version is None:
+            manifest = latest_manifest(fs, root, url)
+            if manifest is None:
+                raise FileNotFoundError(f"No committed dataset at {shown}: no manifest under {HISTORY_DIR}/.")
+        else:
+            name = history_name(version)
+            manifest = _read_manifest(fs, posixpath.join(root, name), join_url(url, name))
+            if manifest is None or manifest.version != version:
+                raise FileNotFoundError(f"{shown}: no committed version {version} "
+                                        f"(committed: {committed_versions(fs, root) or 'none'}).")
     return Dataset(url, manifest, storage_options=storage_options)

@@ -1,9 +1,11 @@
-"""Garbage collection: remove what no committed manifest references.
+"""Garbage collection: remove what no retained manifest references.
 
-Only files shardflow itself creates are candidates: staging files, ``.tmp-`` files,
-``part-*`` shards and uncommitted manifest history. Anything else under the root is
-reported and left alone. Nothing younger than the grace period is removed, so a write in
-progress, or a reader still holding an older manifest, is not disturbed.
+Only files shardflow itself writes are candidates, recognised by their exact name
+patterns: staging files, ``.tmp-`` files, content-named ``part-*`` shards, and pruned
+manifest versions; on S3 also multipart uploads a killed writer left unfinished. Anything
+else under the root, and any nested dataset, is reported and left alone. Nothing younger
+than the grace period is removed, so a write in progress, or a reader of a version
+superseded less than the grace period ago, is not disturbed.
 """
 
 from __future__ import annotations
@@ -16,14 +18,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .dataset import SHARD_PREFIX, STAGING_DIR, _read_manifest
-from .manifest import HISTORY_DIR, MANIFEST_NAME
+from .dataset import SHARD_PREFIX, STAGING_DIR, _read_manifest, committed_versions
+from .manifest import HISTORY_DIR, MANIFEST_NAME, Manifest, history_name, parse_history_name
 from .urls import join_url, redact_url, resolve, translate_errors
 
 __all__ = ["GcReport", "collect_garbage"]
 
 log = logging.getLogger(__name__)
-_HISTORY = re.compile(rf"^{HISTORY_DIR}/v(\d+)\.json$")
+_SHARD = re.compile(rf"^(?:[^/=]+=[^/]*/)*{SHARD_PREFIX}[^/]+-[0-9a-f]{{20}}\.(?:parquet|tfrecord|tfrecord\.gz)$")
+_TEMP = re.compile(r"^\.tmp-[0-9a-f]{16}-[^/]+$")
 
 
 @dataclass
@@ -33,7 +36,7 @@ class GcReport:
     removed: list[str] = field(default_factory=list)
     bytes_freed: int = 0
     too_recent: list[str] = field(default_factory=list)  # orphans inside the grace period
-    unknown: list[str] = field(default_factory=list)  # not shardflow's: never touched
+    unknown: list[str] = field(default_factory=list)  # not shardflow's, or another dataset's: never touched
     dry_run: bool = False
 
 
@@ -50,24 +53,32 @@ def _mtime(fs: Any, path: str, info: Mapping[str, Any]) -> _dt.datetime:
     return modified if modified.tzinfo else modified.replace(tzinfo=_dt.timezone.utc)
 
 
+def _created(manifest: Manifest) -> _dt.datetime:
+    return _dt.datetime.fromisoformat(manifest.created_at)
+
+
 def collect_garbage(
     url: str,
     *,
     storage_options: Mapping[str, Any] | None = None,
-    grace_seconds: float = 3600.0,
+    grace_seconds: float = 86400.0,
     keep_versions: int | None = None,
     dry_run: bool = False,
+    force: bool = False,
 ) -> GcReport:
     """Remove orphaned temporary files and unreferenced shards older than the grace period.
 
     Args:
         url: Dataset root.
-        grace_seconds: Leave files younger than this alone.
-        keep_versions: Keep the shards of the latest N committed versions only (older
-            history is dropped); None keeps every version that history still lists.
+        grace_seconds: Leave files younger than this alone; must exceed the longest write.
+        keep_versions: Keep only the latest N versions (older ones, superseded more than
+            the grace period ago, are dropped with their shards); None keeps every version.
         dry_run: Report without deleting.
+        force: Run where nothing was ever committed (to clean up after a first write that
+            died); without it such a URL is refused, since it may not be a dataset at all.
 
     Raises:
+        FileNotFoundError: nothing committed at ``url`` and ``force`` not set.
         ValueError: a negative grace period or a non-positive ``keep_versions``.
     """
     if grace_seconds < 0:
@@ -78,40 +89,71 @@ def collect_garbage(
     report = GcReport(dry_run=dry_run)
     cutoff = _dt.datetime.now(_dt.timezone.utc) - _dt.timedelta(seconds=grace_seconds)
     with translate_errors(url, storage_options):
-        fs.invalidate_cache(root)  # list what is there now, not what this process saw before
-        latest = _read_manifest(fs, posixpath.join(root, MANIFEST_NAME), url)
-        current = latest.version if latest else 0
-        oldest_kept = current - keep_versions + 1 if keep_versions else 1
-        files = fs.find(root, detail=True, withdirs=False) if fs.exists(root) else {}
+        versions = committed_versions(fs, root)
+        if not versions and not force:
+            raise FileNotFoundError(f"No committed dataset at {redact_url(url)}; refusing to gc "
+                                    "(use force to clean up after a first write that never committed).")
+        manifests = {v: _read_manifest(fs, posixpath.join(root, history_name(v)), url) for v in versions}
+        dropped = set()
+        if keep_versions and len(versions) > keep_versions:
+            for older, newer in zip(versions, versions[1:]):
+                superseded = manifests[newer]
+                if older <= versions[-1] - keep_versions and superseded and _created(superseded) <= cutoff:
+                    dropped.add(older)
+        referenced = {s.path for v, m in manifests.items() if v not in dropped and m for s in m.shards}
+
         prefix = root.rstrip("/") + "/"
-        referenced = {s.path for s in latest.shards} if latest else set()
-        doomed: list[tuple[str, str, int, Mapping[str, Any]]] = []
-        for path, info in sorted(files.items()):
-            rel = path[len(prefix):] if path.startswith(prefix) else path
-            name = posixpath.basename(rel)
-            history = _HISTORY.match(rel)
+        files = fs.find(root, detail=True, withdirs=False) if versions or fs.exists(root) else {}
+        relative = {path[len(prefix):]: (path, info) for path, info in files.items() if path.startswith(prefix)}
+        nested = {rel.split(f"/{HISTORY_DIR}/")[0] for rel in relative if f"/{HISTORY_DIR}/" in rel}
+        doomed: list[tuple[str, str, int]] = []
+        for rel, (path, info) in sorted(relative.items()):
+            if any(rel.startswith(n + "/") for n in nested):
+                report.unknown.append(rel)  # another dataset inside this one: its own gc decides
+                continue
             if rel == MANIFEST_NAME:
                 continue
-            if history:
-                version = int(history.group(1))
-                if oldest_kept <= version <= current:
-                    old = _read_manifest(fs, path, join_url(url, rel))
-                    if old is not None:
-                        referenced.update(s.path for s in old.shards)
+            if rel.startswith(HISTORY_DIR + "/"):
+                version = parse_history_name(posixpath.basename(rel))
+                if version is None or version not in dropped:
                     continue
-            elif not (rel.startswith(STAGING_DIR + "/") or name.startswith((".tmp-", SHARD_PREFIX))):
+            elif not (rel.startswith(STAGING_DIR + "/") or _TEMP.match(posixpath.basename(rel)) or _SHARD.match(rel)):
                 report.unknown.append(rel)
                 continue
-            doomed.append((rel, path, int(info.get("size") or 0), info))
-        for rel, path, size, info in doomed:
             if rel in referenced:
                 continue
-            if _mtime(fs, path, info) > cutoff:
+            if _mtime(fs, path, info) > cutoff and not rel.startswith(HISTORY_DIR + "/"):
                 report.too_recent.append(rel)
+                continue
+            doomed.append((rel, path, int(info.get("size") or 0)))
+
+        # A writer may have committed while we listed: never delete what the latest version references.
+        latest = committed_versions(fs, root)
+        if latest and latest[-1] != (versions[-1] if versions else None):
+            newest = _read_manifest(fs, posixpath.join(root, history_name(latest[-1])), url)
+            referenced |= {s.path for s in newest.shards} if newest else set()
+        for rel, path, size in doomed:
+            if rel in referenced:
                 continue
             report.removed.append(rel)
             report.bytes_freed += size
             if not dry_run:
                 fs.rm_file(path)
                 log.info("gc removed %s", redact_url(join_url(url, rel)))
+        report.removed += _abort_stale_uploads(fs, root, cutoff, dry_run)
     return report
+
+
+def _abort_stale_uploads(fs: Any, root: str, cutoff: _dt.datetime, dry_run: bool) -> list[str]:
+    """S3 only: abort multipart uploads under ``root`` that a killed writer left (invisible, but billed)."""
+    if not hasattr(fs, "list_multipart_uploads"):
+        return []
+    bucket, _, key_prefix = root.partition("/")
+    aborted = []
+    for upload in fs.list_multipart_uploads(bucket):
+        key = upload.get("Key", "")
+        if key.startswith(key_prefix.rstrip("/") + "/") and upload.get("Initiated") and upload["Initiated"] <= cutoff:
+            if not dry_run:
+                fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=key, UploadId=upload["UploadId"])
+            aborted.append(f"multipart upload of {key[len(key_prefix.rstrip('/')) + 1:]}")
+    return aborted

@@ -1,7 +1,9 @@
 """The manifest: the one file readers trust.
 
-A dataset at a URL is ``manifest.json`` (the commit point, written last) plus immutable
-history copies under ``_manifests/``. Everything a reader needs is here: shards with
+A dataset's versions are ``_manifests/v00000001.json``, ``v00000002.json``, ...: each is
+created exclusively (never overwritten) after all its shards are in place, and that
+creation is the commit. ``manifest.json`` at the root is a copy of the latest version for
+people and other tools, written after it. Everything a reader needs is here: shards with
 split, rows, bytes and checksum; the schema; the TensorFlow feature spec; how and from
 what the data was made.
 """
@@ -10,12 +12,13 @@ from __future__ import annotations
 
 import json
 import posixpath
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .errors import ManifestError, UnsafePathError
 
-__all__ = ["Shard", "Manifest", "MANIFEST_NAME", "HISTORY_DIR", "check_relative_path", "history_name"]
+__all__ = ["Shard", "Manifest", "MANIFEST_NAME", "HISTORY_DIR", "check_relative_path", "history_name", "parse_history_name"]
 
 MANIFEST_NAME = "manifest.json"
 HISTORY_DIR = "_manifests"
@@ -23,8 +26,14 @@ FORMAT_VERSION = 1
 
 
 def history_name(version: int) -> str:
-    """Relative path of the immutable copy of manifest ``version``."""
+    """Relative path of committed manifest ``version`` (created exclusively: this is the commit)."""
     return f"{HISTORY_DIR}/v{version:08d}.json"
+
+
+def parse_history_name(name: str) -> int | None:
+    """The version of a ``_manifests/`` file name (basename), or None if it is not one."""
+    match = re.fullmatch(r"v(\d{8,})\.json", name)
+    return int(match.group(1)) if match else None
 
 
 def check_relative_path(path: str, *, where: str) -> str:

@@ -24,14 +24,24 @@ def write_parquet_shards(
     compression: str = "snappy",
     row_group_size: int = 128 * 1024,
     use_dictionary: bool | list[str] = True,
+    write_statistics: bool | list[str] = True,
+    schema: pa.Schema | None = None,
 ) -> list[Shard]:
     """Stream record batches into Parquet shards of about ``rows_per_shard`` rows.
 
     Memory stays at one batch plus one row group whatever the input size. Each finished
     shard is published into ``writer``'s dataset (not committed: call ``writer.commit``).
 
+    Args:
+        use_dictionary, write_statistics: As in ``pyarrow.parquet.ParquetWriter``: all columns, or
+            those named (min/max statistics of random ids cost time and help no reader).
+        schema: Every batch must have exactly this schema (default: the first batch's).
+
     Returns:
         The published shards, in order.
+
+    Raises:
+        ValueError: a batch whose schema differs, naming the differing columns.
     """
     if rows_per_shard <= 0:
         raise ValueError(f"Invalid value for `rows_per_shard`: {rows_per_shard}. Expected a positive integer.")
@@ -48,13 +58,17 @@ def write_parquet_shards(
         current, rows = None, 0
 
     try:
-        for batch in batches:
+        for number, batch in enumerate(batches):
+            schema = schema or batch.schema
+            if not batch.schema.equals(schema):
+                diff = sorted({f"{f.name}: {f.type}" for f in batch.schema} ^ {f"{f.name}: {f.type}" for f in schema})
+                raise ValueError(f"Record batch {number} does not match the dataset schema; differing columns: {diff}")
             offset = 0
             while offset < batch.num_rows:
                 if current is None:
                     path = writer.staging_path(".parquet")
                     current = pq.ParquetWriter(path, batch.schema, compression=compression,
-                                               use_dictionary=use_dictionary, write_statistics=True)
+                                               use_dictionary=use_dictionary, write_statistics=write_statistics)
                 take = min(batch.num_rows - offset, rows_per_shard - rows)
                 current.write_batch(batch.slice(offset, take), row_group_size=row_group_size)
                 offset += take
@@ -73,7 +87,7 @@ def iter_parquet_batches(dataset: Dataset, split: str | None = None, *, columns:
     """Record batches of the dataset's Parquet shards, in manifest order."""
     for shard in dataset.shards(split):
         if shard.format != "parquet":
-            continue
+            raise ValueError(f"{dataset.shard_url(shard)} is a {shard.format} shard; read_parquet reads Parquet only.")
         with dataset.open_shard(shard) as f:
             yield from pq.ParquetFile(f).iter_batches(batch_size=batch_size, columns=columns)
 

@@ -25,11 +25,12 @@ __all__ = [
     "redact_url",
     "redact_text",
     "parse_storage_options",
+    "scrub",
     "translate_errors",
 ]
 
 # Option names whose values are secrets; matched case-insensitively as substrings.
-_SECRET_WORDS = ("secret", "token", "password", "credential", "key", "sas", "signature")
+_SECRET_WORDS = ("secret", "token", "password", "credential", "key", "sas", "signature", "connection", "conn_str")
 _SECRET_QUERY = re.compile(
     r"(?i)([?&](?:sig|signature|x-amz-signature|x-amz-credential|x-amz-security-token|token|"
     r"access_token|sas|key|password)=)[^&\s]*"
@@ -76,10 +77,10 @@ def redact_url(url: str) -> str:
     except ValueError:
         return "<unparseable url>"
     netloc = parts.netloc
-    if "@" in netloc:
+    if "@" in netloc and parts.scheme not in ("az", "abfs", "abfss"):  # az://container@account is not a secret
         userinfo, host = netloc.rsplit("@", 1)
         user = userinfo.split(":", 1)[0]
-        netloc = f"{user}:***@{host}" if ":" in userinfo else netloc
+        netloc = f"{user}:***@{host}" if ":" in userinfo else f"***@{host}"
     query = _SECRET_QUERY.sub(r"\1***", "?" + parts.query)[1:] if parts.query else ""
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
@@ -101,6 +102,19 @@ def secret_values(storage_options: Mapping[str, Any] | None) -> list[str]:
         elif isinstance(value, str) and any(w in key.lower() for w in _SECRET_WORDS):
             found.append(value)
     return found
+
+
+def scrub(params: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of ``params`` with credential-looking values replaced by ``"***"`` (for manifests)."""
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        if isinstance(value, Mapping):
+            out[key] = scrub(value)
+        elif isinstance(value, str) and any(w in str(key).lower() for w in _SECRET_WORDS):
+            out[key] = "***"
+        else:
+            out[key] = value
+    return out
 
 
 def parse_storage_options(items: Iterable[str]) -> dict[str, Any]:
@@ -141,21 +155,27 @@ _VENDOR_MODULES = ("botocore", "aiobotocore", "aiohttp", "google", "azure", "req
 def translate_errors(url: str, storage_options: Mapping[str, Any] | None = None) -> Iterator[None]:
     """Re-raise storage failures as built-in exceptions whose message names ``url``.
 
-    Built-in ``OSError`` subclasses keep their type; errors from storage vendors' libraries
-    become ``OSError``. Secrets from ``storage_options`` never reach the message.
+    ``OSError`` and its subclasses keep their type; errors from storage vendors' libraries
+    (botocore, aiohttp, google, azure, ...) become ``OSError``. Secrets from
+    ``storage_options`` never reach the message.
     """
     secrets = secret_values(storage_options)
     shown = redact_url(url)
     try:
         yield
-    except (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError) as e:
-        if shown in str(e):
-            raise
+    except OSError as e:
         detail = redact_text(str(e), secrets)
-        raise type(e)(f"{shown}: {detail}") from e
+        if shown in detail and detail == str(e):
+            raise
+        message = detail if shown in detail else f"{shown}: {detail}"
+        try:
+            translated = type(e)(message)
+        except Exception:  # an OSError subclass with another constructor
+            translated = OSError(message)
+        raise translated from (None if detail != str(e) else e)  # a chained original would show the secret
     except Exception as e:
         module = type(e).__module__.split(".")[0]
         if module not in _VENDOR_MODULES:
             raise
         detail = redact_text(f"{type(e).__name__}: {e}", secrets)
-        raise OSError(f"Storage error at {shown}: {detail}") from e
+        raise OSError(f"Storage error at {shown}: {detail}") from (None if secrets and detail != f"{type(e).__name__}: {e}" else e)

@@ -70,19 +70,19 @@ class Location:
 
 @pytest.fixture(params=["memory", "file", "s3"])
 def location(request: pytest.FixtureRequest, tmp_path: Any) -> Location:
-    """The storage suite runs once per backend: memory://, a local directory, s3:// on the test server."""
+    """The storage suite runs once per backend: memory://, file://, s3:// on the test server."""
     name = f"ds-{uuid.uuid4().hex[:8]}"
     if request.param == "memory":
         return Location("memory", f"memory://shardflow-tests/{name}", {}, [])
     if request.param == "file":
-        return Location("file", str(tmp_path / name), {}, [])
+        return Location("file", f"file://{tmp_path / name}", {}, [])
     server: S3Server = request.getfixturevalue("s3_server")
     return Location("s3", f"s3://{server.bucket}/{name}", server.storage_options, server.cli_options)
 
 
 @pytest.fixture(params=["file", "s3"])
 def shared_location(request: pytest.FixtureRequest, tmp_path: Any) -> Location:
-    """Backends another OS process can see (memory:// lives inside one process)."""
+    """Backends another OS process can see (memory:// lives inside one process); a plain path here."""
     name = f"ds-{uuid.uuid4().hex[:8]}"
     if request.param == "file":
         return Location("file", str(tmp_path / name), {}, [])

@@ -45,13 +45,16 @@ def test_synth_inspect_verify_gc(shared_location: Location) -> None:
     assert bad in failed.stderr and gone in failed.stderr and "2 of 7 shards are bad" in failed.stderr
     assert "Traceback" not in failed.stderr
 
-    fs.pipe_file(posixpath.join(root, "day=2026-01-01/part-all-leftover.parquet"), b"x" * 10)
+    leftover = "day=2026-01-01/part-all-0123456789abcdef0123.parquet"  # as a killed writer leaves it
+    fs.pipe_file(posixpath.join(root, leftover), b"x" * 10)
     kept = run_cli("data", "gc", loc.url, *loc.cli_options)
-    assert "removed 0 file(s)" in kept.stdout and "younger than 1h" in kept.stdout
+    assert "removed 0 file(s)" in kept.stdout and "younger than 1d" in kept.stdout
     gc = run_cli("data", "gc", loc.url, "--grace", "0", *loc.cli_options)
-    assert "removed day=2026-01-01/part-all-leftover.parquet" in gc.stdout and "removed 1 file(s)" in gc.stdout
+    assert f"removed {leftover}" in gc.stdout and "removed 1 file(s)" in gc.stdout
+    refused = run_cli("data", "gc", loc.url.rsplit("/", 1)[0], "--grace", "0", *loc.cli_options, check=False)
+    assert refused.returncode == 2 and "refusing to gc" in refused.stderr
 
-    for proc in (synth, inspect, verify, append, failed, kept, gc):
+    for proc in (synth, inspect, verify, append, failed, kept, gc, refused):
         assert TEST_SECRET not in proc.stdout + proc.stderr
 
 

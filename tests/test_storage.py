@@ -48,6 +48,10 @@ def write(loc: Location, table: pa.Table, *, mode: str = "overwrite", partition:
         return w.commit(schema=SCHEMA)
 
 
+def _stamp(info: dict) -> object:
+    return info.get("LastModified") or info.get("mtime") or info.get("created")
+
+
 def files_under(loc: Location) -> set[str]:
     fs, root = resolve(loc.url, loc.storage_options)
     fs.invalidate_cache()
@@ -85,11 +89,15 @@ def test_append_adds_a_version_without_rewriting_old_shards(location: Location) 
     v1 = write(location, make_table(0, 200), partition={"day": "2026-01-01"})
     fs, root = resolve(location.url, location.storage_options)
     old_bytes = {s.path: fs.cat_file(posixpath.join(root, s.path)) for s in v1.shards}
+    old_info = {s.path: _stamp(fs.info(posixpath.join(root, s.path))) for s in v1.shards}
+    time.sleep(1.1)  # S3 LastModified has one-second resolution
     v2 = write(location, make_table(200, 150), partition={"day": "2026-01-02"}, mode="append")
     assert v2.version == 2 and v2.rows == 350
     assert v2.shards[: len(v1.shards)] == v1.shards
     assert all(s.path.startswith("day=2026-01-02/") for s in v2.shards[len(v1.shards):])
     assert {p: fs.cat_file(posixpath.join(root, p)) for p in old_bytes} == old_bytes
+    fs.invalidate_cache()
+    assert {p: _stamp(fs.info(posixpath.join(root, p))) for p in old_info} == old_info  # not rewritten
     assert [e["operation"] for e in v2.lineage] == ["overwrite", "append"]
     # Readers pinned to the old version still see exactly it; latest sees both days.
     old = open_dataset(location.url, storage_options=location.storage_options, version=1)
@@ -184,7 +192,7 @@ def test_shard_paths_escaping_the_root_are_rejected(location: Location, evil: st
     data = json.loads(manifest.to_json())
     data["shards"][0]["path"] = evil
     fs, root = resolve(location.url, location.storage_options)
-    fs.pipe_file(posixpath.join(root, MANIFEST_NAME), json.dumps(data).encode())
+    fs.pipe_file(posixpath.join(root, "_manifests/v00000001.json"), json.dumps(data).encode())
     with pytest.raises(UnsafePathError, match="escapes the dataset root") as info:
         open_dataset(location.url, storage_options=location.storage_options)
     assert repr(evil) in str(info.value)
@@ -193,7 +201,7 @@ def test_shard_paths_escaping_the_root_are_rejected(location: Location, evil: st
 def test_corrupt_manifest_gets_a_clear_error(location: Location) -> None:
     write(location, make_table(0, 10))
     fs, root = resolve(location.url, location.storage_options)
-    fs.pipe_file(posixpath.join(root, MANIFEST_NAME), b'{"format_version": 1, "vers')
+    fs.pipe_file(posixpath.join(root, "_manifests/v00000001.json"), b'{"format_version": 1, "vers')
     with pytest.raises(ValueError, match="manifest is corrupt"):
         open_dataset(location.url, storage_options=location.storage_options)
 
@@ -253,13 +261,25 @@ def test_two_processes_share_one_cache(shared_location: Location, tmp_path) -> N
                                str(limit), str(seed)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for seed in (1, 2)]
     outputs = [p.communicate(timeout=240) for p in procs]
+    assert_readers_ok(procs, outputs, manifest)
+    assert ShardCache(str(cache_dir), max_bytes=limit).usage() <= limit
+    assert os.listdir(cache_dir / "tmp") == []
+    # With room for everything, the two processes download each shard once between them.
+    roomy = tmp_path / "roomy"
+    procs = [subprocess.Popen([sys.executable, script, loc.url, json.dumps(loc.storage_options), str(roomy),
+                               str(1 << 30), str(seed)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for seed in (3, 4)]
+    outputs = [p.communicate(timeout=240) for p in procs]
+    assert_readers_ok(procs, outputs, manifest)
+    assert sum(json.loads(out)["downloads"] for out, _ in outputs) == len(manifest.shards)
+
+
+def assert_readers_ok(procs, outputs, manifest) -> None:
     for proc, (stdout, stderr) in zip(procs, outputs):
         assert proc.returncode == 0, stderr
         seen = json.loads(stdout)
         # Every read, in both processes, returned exactly the manifest's bytes.
         assert sorted(seen["checksums"]) == sorted(s.checksum for s in manifest.shards for _ in range(3))
-    assert ShardCache(str(cache_dir), max_bytes=limit).usage() <= limit
-    assert os.listdir(cache_dir / "tmp") == []
 
 
 def test_gc_removes_only_old_unreferenced_files(location: Location) -> None:
@@ -267,15 +287,19 @@ def test_gc_removes_only_old_unreferenced_files(location: Location) -> None:
     v2 = write(location, make_table(1000, 300))  # overwrite: v1's shards now only in history
     fs, root = resolve(location.url, location.storage_options)
     fs.makedirs(posixpath.join(root, "_staging/abc"), exist_ok=True)
-    fs.pipe_file(posixpath.join(root, "part-train-orphan.parquet"), b"half a shard")
+    orphan = "part-train-0123456789abcdef0123.parquet"
+    fs.pipe_file(posixpath.join(root, orphan), b"half a shard")
     fs.pipe_file(posixpath.join(root, "_staging/abc/123.parquet"), b"unfinished")
-    fs.pipe_file(posixpath.join(root, "README.txt"), b"not ours")
+    foreign = ["README.txt", "raw/part-00000.csv", "part-train-mine.parquet"]  # look alike, but not ours
+    fs.makedirs(posixpath.join(root, "raw"), exist_ok=True)
+    for name in foreign:
+        fs.pipe_file(posixpath.join(root, name), b"not ours")
     young = collect_garbage(location.url, storage_options=location.storage_options, grace_seconds=3600)
-    assert young.removed == [] and "part-train-orphan.parquet" in young.too_recent
-    assert young.unknown == ["README.txt"]
+    assert young.removed == [] and orphan in young.too_recent
+    assert sorted(young.unknown) == sorted(foreign)
     dry = collect_garbage(location.url, storage_options=location.storage_options, grace_seconds=0, dry_run=True)
-    assert set(dry.removed) == {"part-train-orphan.parquet", "_staging/abc/123.parquet"}
-    assert "part-train-orphan.parquet" in files_under(location)
+    assert set(dry.removed) == {orphan, "_staging/abc/123.parquet"}
+    assert orphan in files_under(location)
     report = collect_garbage(location.url, storage_options=location.storage_options, grace_seconds=0)
     assert set(report.removed) == set(dry.removed) and report.bytes_freed == len(b"half a shard") + len(b"unfinished")
     assert {s.path for s in v1.shards} <= files_under(location)  # history still references v1
@@ -284,8 +308,30 @@ def test_gc_removes_only_old_unreferenced_files(location: Location) -> None:
                              keep_versions=1)
     v1_only = {s.path for s in v1.shards} - {s.path for s in v2.shards}
     assert v1_only and v1_only <= set(pruned.removed) and "_manifests/v00000001.json" in pruned.removed
-    assert "README.txt" in files_under(location)
+    assert set(foreign) <= files_under(location)
     assert open_dataset(location.url, storage_options=location.storage_options).verify() == []
+    with pytest.raises(FileNotFoundError, match="no committed version 1"):
+        open_dataset(location.url, storage_options=location.storage_options, version=1)
+
+
+def test_gc_keeps_recently_superseded_versions(location: Location) -> None:
+    v1 = write(location, make_table(0, 100))
+    write(location, make_table(500, 100))
+    report = collect_garbage(location.url, storage_options=location.storage_options, grace_seconds=3600,
+                             keep_versions=1)
+    assert report.removed == []  # v1 was superseded moments ago: a reader may still be on it
+    assert read_parquet(open_dataset(location.url, storage_options=location.storage_options, version=1)).num_rows == 100
+    assert {s.path for s in v1.shards} <= files_under(location)
+
+
+def test_gc_refuses_a_url_that_is_not_a_dataset_and_skips_nested_ones(location: Location) -> None:
+    inner = location.child("inner")
+    manifest = write(inner, make_table(0, 100))
+    with pytest.raises(FileNotFoundError, match="refusing to gc"):
+        collect_garbage(location.url, storage_options=location.storage_options, grace_seconds=0)
+    report = collect_garbage(location.url, storage_options=location.storage_options, grace_seconds=0, force=True)
+    assert report.removed == [] and {f"inner/{s.path}" for s in manifest.shards} <= set(report.unknown)
+    assert open_dataset(inner.url, storage_options=inner.storage_options).verify() == []
 
 
 def test_manifest_round_trips_and_records_lineage(location: Location) -> None:
@@ -296,10 +342,90 @@ def test_manifest_round_trips_and_records_lineage(location: Location) -> None:
     assert manifest.splits() == {"train": {"shards": 1, "rows": 50, "bytes": manifest.shards[0].bytes}}
 
 
-def test_secrets_stay_out_of_manifests_and_errors(s3_server) -> None:
-    loc = Location("s3", f"s3://{s3_server.bucket}/secret-check", s3_server.storage_options, [])
-    manifest = write(loc, make_table(0, 20))
-    assert TEST_SECRET not in manifest.to_json()
-    with pytest.raises(FileNotFoundError) as info:
-        open_dataset(f"s3://no-such-bucket-{os.getpid()}/x", storage_options=s3_server.storage_options)
-    assert TEST_SECRET not in str(info.value) and "no-such-bucket" in str(info.value)
+def test_concurrent_commits_cannot_both_win(location: Location) -> None:
+    write(location, make_table(0, 10))
+    a = DatasetWriter(location.url, name="a", storage_options=location.storage_options)
+    b = DatasetWriter(location.url, name="b", storage_options=location.storage_options)
+    with a, b:
+        write_parquet_shards(a, make_table(100, 10).to_batches(), split="train")
+        write_parquet_shards(b, make_table(200, 10).to_batches(), split="train")
+        assert a.commit(schema=SCHEMA).version == 2
+        with pytest.raises(FileExistsError, match="another writer committed version 2 since this write started"):
+            b.commit(schema=SCHEMA)
+    dataset = open_dataset(location.url, storage_options=location.storage_options)
+    assert dataset.manifest.writer["name"] == "a" and read_parquet(dataset).equals(make_table(100, 10))
+
+
+def test_a_crash_before_the_manifest_copy_still_shows_the_committed_version(location: Location) -> None:
+    write(location, make_table(0, 10))
+    v2 = write(location, make_table(0, 20))
+    fs, root = resolve(location.url, location.storage_options)
+    fs.pipe_file(posixpath.join(root, MANIFEST_NAME), fs.cat_file(posixpath.join(root, "_manifests/v00000001.json")))
+    assert open_dataset(location.url, storage_options=location.storage_options).manifest == v2
+    assert write(location, make_table(0, 30)).version == 3
+
+
+def test_commit_refuses_shards_that_vanished(location: Location) -> None:
+    with DatasetWriter(location.url, name="test", storage_options=location.storage_options) as w:
+        shards = write_parquet_shards(w, make_table(0, 200).to_batches(), split="train", rows_per_shard=100)
+        fs, root = resolve(location.url, location.storage_options)
+        fs.rm_file(posixpath.join(root, shards[1].path))  # e.g. gc with too short a grace
+        with pytest.raises(FileNotFoundError, match=shards[1].path):
+            w.commit(schema=SCHEMA)
+    with pytest.raises(FileNotFoundError, match="No committed dataset"):
+        open_dataset(location.url, storage_options=location.storage_options)
+
+
+def test_batches_with_another_schema_are_refused(location: Location) -> None:
+    other = pa.table({"id": pa.array([1], pa.int32()), "text": ["a"], "x": [1.0]})
+    with DatasetWriter(location.url, name="test", storage_options=location.storage_options) as w:
+        with pytest.raises(ValueError, match="id: int32"):
+            write_parquet_shards(w, make_table(0, 5).to_batches() + other.to_batches(), split="train")
+
+
+def test_secrets_in_params_and_vendor_errors_are_redacted() -> None:
+    from botocore.exceptions import ClientError
+
+    from shardflow.storage.urls import redact_url, translate_errors
+
+    loc = Location("memory", "memory://shardflow-tests/secret-params", {}, [])
+    with DatasetWriter(loc.url, name="test", params={"storage_options": {"secret": TEST_SECRET, "anon": False},
+                                                     "token": TEST_SECRET, "rows": 3}) as w:
+        write_parquet_shards(w, make_table(0, 3).to_batches(), split="train")
+        manifest = w.commit(schema=SCHEMA)
+    assert TEST_SECRET not in manifest.to_json() and manifest.writer["params"]["rows"] == 3
+    error = ClientError({"Error": {"Code": "SignatureDoesNotMatch", "Message": f"bad signature for {TEST_SECRET}"}},
+                        "GetObject")
+    with pytest.raises(OSError) as info:
+        with translate_errors("s3://bucket/ds", {"secret": TEST_SECRET}):
+            raise error
+    assert "s3://bucket/ds" in str(info.value) and "SignatureDoesNotMatch" in str(info.value)
+    assert TEST_SECRET not in str(info.value) and info.value.__cause__ is None
+    assert redact_url("https://user:pw@host/x?sig=abc&y=1") == "https://user:***@host/x?sig=***&y=1"
+    assert redact_url("https://TOKEN@host/x") == "https://***@host/x"
+    assert redact_url("az://container@account/x") == "az://container@account/x"
+
+
+def test_gc_aborts_multipart_uploads_a_killed_writer_left(s3_server) -> None:
+    import boto3
+
+    loc = Location("s3", f"s3://{s3_server.bucket}/mpu-{os.getpid()}", s3_server.storage_options, [])
+    write(loc, make_table(0, 10))
+    client = boto3.client("s3", endpoint_url=s3_server.endpoint, aws_access_key_id="x", aws_secret_access_key="y",
+                          region_name="us-east-1")
+    key = f"mpu-{os.getpid()}/part-train-0123456789abcdef0123.parquet"
+    client.create_multipart_upload(Bucket=s3_server.bucket, Key=key)
+    report = collect_garbage(loc.url, storage_options=loc.storage_options, grace_seconds=0)
+    assert "multipart upload of part-train-0123456789abcdef0123.parquet" in report.removed
+    assert not client.list_multipart_uploads(Bucket=s3_server.bucket).get("Uploads")
+
+
+def test_exclusive_manifest_creation_lets_one_racer_win(location: Location) -> None:
+    from shardflow.storage.commit import publish_bytes
+
+    fs, root = resolve(location.url, location.storage_options)
+    target = posixpath.join(root, "_manifests/v00000009.json")
+    publish_bytes(fs, target, b"first", exclusive=True)
+    with pytest.raises(FileExistsError):
+        publish_bytes(fs, target, b"second", exclusive=True)
+    assert fs.cat_file(target) == b"first"
