@@ -89,8 +89,9 @@ def data_synth(
         manifest = synthesize(output, config, append=append, storage_options=parse_storage_options(storage_option or []),
                               on_rows=on_rows)
     info = manifest.metadata["synth"]
+    auc = "undefined (one class only)" if info["optimal_auc"] is None else f"{info['optimal_auc']:.4f}"
     out.print(f"[green]committed[/] {redact_url(output)} version {manifest.version}: {manifest.rows:,} rows in "
-              f"{len(manifest.shards)} shards, {_human_bytes(manifest.bytes)}; optimal AUC {info['optimal_auc']:.4f}, "
+              f"{len(manifest.shards)} shards, {_human_bytes(manifest.bytes)}; optimal AUC {auc}, "
               f"click rate {info['click_rate']:.3f}")
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
+import os
 import posixpath
 import re
 from collections.abc import Mapping
@@ -20,7 +21,7 @@ from typing import Any
 
 from .dataset import SHARD_PREFIX, STAGING_DIR, _read_manifest, committed_versions
 from .manifest import HISTORY_DIR, MANIFEST_NAME, Manifest, history_name, parse_history_name
-from .urls import join_url, redact_url, resolve, translate_errors
+from .urls import is_local, join_url, redact_url, resolve, translate_errors
 
 __all__ = ["GcReport", "collect_garbage"]
 
@@ -141,7 +142,18 @@ def collect_garbage(
                 fs.rm_file(path)
                 log.info("gc removed %s", redact_url(join_url(url, rel)))
         report.removed += _abort_stale_uploads(fs, root, cutoff, dry_run)
+        if is_local(fs) and not dry_run:
+            _remove_empty_dirs(posixpath.join(root, STAGING_DIR))
     return report
+
+
+def _remove_empty_dirs(top: str) -> None:
+    """Local disk keeps directories a killed writer's staging left; object stores have none."""
+    for parent, _, _ in sorted(os.walk(top), key=lambda entry: -len(entry[0])):
+        try:
+            os.rmdir(parent)
+        except OSError:
+            pass  # not empty
 
 
 def _abort_stale_uploads(fs: Any, root: str, cutoff: _dt.datetime, dry_run: bool) -> list[str]:
