@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from shardflow.storage import DatasetWriter, Manifest, open_dataset, redact_url, write_parquet_shards
+from shardflow.storage import DatasetWriter, Manifest, redact_url, write_parquet_shards
 
 __all__ = ["SynthConfig", "PlantedModel", "synthesize", "SCHEMA", "NUMERIC", "CATEGORICAL", "LABEL"]
 
@@ -307,7 +307,8 @@ def synthesize(
         url: Dataset URL.
         config: Rows, days, seed, first date, shard size.
         append: Add the days to an existing dataset instead of replacing it (same seed:
-            same planted model; a different seed is refused).
+            same planted model; a different seed is refused). Days already present are
+            kept as they are; asking for one with another row count is refused.
         storage_options: Filesystem options for ``url``.
         on_rows: Progress callback receiving row counts.
 
@@ -315,25 +316,23 @@ def synthesize(
         The committed manifest; ``metadata["synth"]["optimal_auc"]`` is the best AUC a
         model can expect on this data, with per-day figures under ``["days"]``.
     """
-    days: dict[str, dict[str, Any]] = {}
-    if append:
-        try:
-            previous = open_dataset(url, storage_options=storage_options).manifest.metadata.get("synth")
-        except FileNotFoundError:
-            previous = None
-        if previous is not None:
-            if previous["model"]["seed"] != config.seed:
-                raise ValueError(f"Invalid value for `seed`: {config.seed}. The dataset at {redact_url(url)} was "
-                                 f"made with seed {previous['model']['seed']}; appended days must use the same model.")
-            days = dict(previous["days"])
-            for date, rows in config.day_rows():
-                if date in days and days[date]["rows"] != rows:
-                    raise ValueError(f"Invalid value for `start_date`: {config.start_date}. Day {date} is already in "
-                                     f"{redact_url(url)} with {days[date]['rows']} rows; appending would duplicate it.")
     model = PlantedModel.from_seed(config.seed)
     with DatasetWriter(url, name="shardflow data synth", params=asdict(config),
                        mode="append" if append else "overwrite", storage_options=storage_options) as writer:
+        base = writer.base_manifest() if append else None
+        previous = base.metadata.get("synth") if base else None
+        days: dict[str, dict[str, Any]] = dict(previous["days"]) if previous else {}
+        if previous and previous["model"]["seed"] != config.seed:
+            raise ValueError(f"Invalid value for `seed`: {config.seed}. The dataset at {redact_url(url)} was "
+                             f"made with seed {previous['model']['seed']}; appended days must use the same model.")
         for date, rows in config.day_rows():
+            if date in days:  # already there: the same seed and rows would give the same data
+                if days[date]["rows"] != rows:
+                    raise ValueError(f"Invalid value for `start_date`: {config.start_date}. Day {date} is already in "
+                                     f"{redact_url(url)} with {days[date]['rows']} rows, not {rows}.")
+                if on_rows:
+                    on_rows(rows)
+                continue
             hist = _ProbabilityHistogram()
             write_parquet_shards(writer, _day_batches(model, config.seed, date, rows, hist, on_rows), split="all",
                                  partition={"day": date}, rows_per_shard=config.rows_per_shard,

@@ -20,6 +20,7 @@ from shardflow.storage import (
     parse_storage_options,
     redact_url,
 )
+from shardflow.storage.urls import redact_text
 
 app = typer.Typer(help="shardflow: shard, augment and stream big training data.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
@@ -199,6 +200,12 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         err.print("interrupted")
         sys.exit(130)
+    except Exception as e:  # a bug or an untranslated library error: one line unless debugging
+        if logging.getLogger().isEnabledFor(logging.DEBUG):
+            raise
+        err.print(f"error: unexpected {type(e).__name__}: {redact_text(str(e))} "
+                  "(run with --log-level DEBUG for the traceback)", style="red", highlight=False, markup=False)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

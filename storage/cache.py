@@ -17,6 +17,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import threading
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -71,6 +72,7 @@ class ShardCache:
         self.directory = os.path.abspath(directory)
         self.max_bytes = max_bytes
         self.stats = CacheStats()
+        self._stats_lock = threading.Lock()  # fetches run on pool threads
         for sub in ("data", "locks", "tmp"):
             os.makedirs(os.path.join(self.directory, sub), exist_ok=True)
         self._remove_stale_downloads()
@@ -115,30 +117,27 @@ class ShardCache:
     # -- fetching ------------------------------------------------------------------------
 
     def _remove_stale_downloads(self) -> None:
-        """Delete partial downloads of processes that died (a live download holds a lock on its file)."""
+        """Delete partial downloads of processes that died.
+
+        A download runs under its entry's exclusive lock, so a temporary file whose entry
+        lock can be taken belongs to nobody.
+        """
         tmp_dir = os.path.join(self.directory, "tmp")
         for name in os.listdir(tmp_dir):
-            path = os.path.join(tmp_dir, name)
+            key = name.split(".", 1)[0]
             try:
-                fd = os.open(path, os.O_RDONLY)
-            except FileNotFoundError:
-                continue
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                os.unlink(path)
+                with self._lock(key, fcntl.LOCK_EX | fcntl.LOCK_NB):
+                    os.unlink(os.path.join(tmp_dir, name))
             except (BlockingIOError, FileNotFoundError):
-                pass
-            finally:
-                os.close(fd)
+                pass  # being downloaded now, or already gone
 
     def _download(self, dataset: Dataset, shard: Shard, final: str) -> None:
-        tmp = os.path.join(self.directory, "tmp", f"{temp_token()}{_suffix(shard)}")
+        """Fetch into ``tmp/<key>.<token>``; the caller holds the entry's exclusive lock."""
+        tmp = os.path.join(self.directory, "tmp", f"{self._key(shard)}.{temp_token()}{_suffix(shard)}")
         try:
             with translate_errors(dataset.shard_url(shard), dataset.storage_options), \
                     dataset.fs.open(dataset.shard_path(shard), "rb", block_size=_BLOCK) as src, \
                     open(tmp, "wb") as dst:
-                fcntl.flock(dst.fileno(), fcntl.LOCK_EX)  # marks the download as live
-
                 def read(n: int) -> bytes:
                     block = src.read(n)
                     dst.write(block)
@@ -154,8 +153,9 @@ class ShardCache:
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
-        self.stats.downloads += 1
-        self.stats.bytes_downloaded += size
+        with self._stats_lock:
+            self.stats.downloads += 1
+            self.stats.bytes_downloaded += size
 
     def _ensure(self, dataset: Dataset, shard: Shard) -> str:
         """Make the entry present; the caller holds its exclusive lock."""
@@ -165,7 +165,8 @@ class ShardCache:
         except FileNotFoundError:
             present = False
         if present:
-            self.stats.hits += 1
+            with self._stats_lock:
+                self.stats.hits += 1
         else:
             self._download(dataset, shard, final)
             self.evict()  # our own entry is locked, so it is safe from this
@@ -195,10 +196,6 @@ class ShardCache:
                     yield final
                     return
             self.fetch(dataset, shard)  # then take the shared lock again: it may be evicted in between
-
-    def prefetch(self, dataset: Dataset, shards: Iterable[Shard]) -> list[Future[str]]:
-        """Start background fetches; each future's ``result()`` re-raises its error."""
-        return [self._pool.submit(self.fetch, dataset, s) for s in shards]
 
     def iter_local(self, dataset: Dataset, shards: Iterable[Shard], *, ahead: int = 2) -> Iterator[str]:
         """Yield local paths of ``shards`` in order, fetching ``ahead`` shards in the background.
@@ -253,7 +250,8 @@ class ShardCache:
                             self.directory, total, self.max_bytes)
         finally:
             os.close(fd)
-        self.stats.evictions += len(removed)
+        with self._stats_lock:
+            self.stats.evictions += len(removed)
         return removed
 
 

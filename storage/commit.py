@@ -56,39 +56,32 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def publish_file(fs: fsspec.AbstractFileSystem, local_path: str, dest: str, *, move: bool = True) -> None:
-    """Make a finished local file visible at ``dest`` in one step.
+def publish_file(fs: fsspec.AbstractFileSystem, local_path: str, dest: str) -> None:
+    """Move a finished local file to ``dest`` in one step that readers never see half done.
 
     Args:
         fs: Destination filesystem.
-        local_path: The finished file on local disk.
+        local_path: The finished file on local disk; gone afterwards.
         dest: Final path in ``fs``.
-        move: On local disk, move ``local_path`` instead of copying it.
     """
     if is_local(fs):
         parent = os.path.dirname(dest)
         os.makedirs(parent, exist_ok=True)
         with open(local_path, "rb+") as f:
             os.fsync(f.fileno())
-        if move:
-            try:
-                os.replace(local_path, dest)
-                _fsync_dir(parent)
-                return
-            except OSError:
-                pass  # another device: copy below
-        tmp = os.path.join(parent, f".tmp-{temp_token()}-{os.path.basename(dest)}")
-        shutil.copyfile(local_path, tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, dest)
-        _fsync_dir(parent)
-        if move:
+        try:
+            os.replace(local_path, dest)
+        except OSError:  # another device: copy to a temporary name beside dest, then rename
+            tmp = os.path.join(parent, f".tmp-{temp_token()}-{os.path.basename(dest)}")
+            shutil.copyfile(local_path, tmp)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, dest)
             os.unlink(local_path)
+        _fsync_dir(parent)
     else:  # no makedirs: object stores have no directories, and s3fs would create a missing bucket
         fs.put_file(local_path, dest)
-        if move:
-            os.unlink(local_path)
+        os.unlink(local_path)
 
 
 def publish_bytes(fs: fsspec.AbstractFileSystem, dest: str, data: bytes, *, exclusive: bool = False) -> None:

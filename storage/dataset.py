@@ -154,7 +154,7 @@ class DatasetWriter:
         >>> with DatasetWriter("s3://bucket/clicks", name="synth", params={...}) as w:  # doctest: +SKIP
         ...     path = w.staging_path(".parquet")
         ...     ...  # write the file
-        ...     w.add(w.publish(path, split="train", rows=n, format="parquet"))
+        ...     w.publish(path, split="train", rows=n, format="parquet")
         ...     w.commit(schema=table.schema)
     """
 
@@ -185,15 +185,14 @@ class DatasetWriter:
         self.mode = mode
         self.storage_options = dict(storage_options or {})
         self.fs, self.root = resolve(url, storage_options)
+        with translate_errors(url, storage_options):
+            versions = committed_versions(self.fs, self.root)
+        self._base_version = versions[-1] if versions else 0  # what this write starts from
         token = temp_token()
         if is_local(self.fs):  # same device as the final files: publishing is a rename
             self._staging = os.path.join(self.root, STAGING_DIR, token)
         else:
             self._staging = os.path.join(staging_dir or tempfile.gettempdir(), f"shardflow-staging-{token}")
-        os.makedirs(self._staging, exist_ok=True)
-        with translate_errors(url, storage_options):
-            versions = committed_versions(self.fs, self.root)
-        self._base_version = versions[-1] if versions else 0  # what this write starts from
         self._shards: list[Shard] = []
 
     def __enter__(self) -> DatasetWriter:
@@ -203,17 +202,21 @@ class DatasetWriter:
         self.close()
 
     def close(self) -> None:
-        """Remove the staging directory (published but uncommitted shards are left for ``gc``)."""
+        """Remove this writer's staging directory (published but uncommitted shards are left for ``gc``)."""
         shutil.rmtree(self._staging, ignore_errors=True)
-        if is_local(self.fs):
-            try:
-                os.rmdir(os.path.dirname(self._staging))
-            except OSError:
-                pass
 
     def staging_path(self, suffix: str = "") -> str:
         """A fresh local path to write an unfinished shard to."""
+        os.makedirs(self._staging, exist_ok=True)  # again each time: gc may have tidied an empty one
         return os.path.join(self._staging, f"{temp_token()}{suffix}")
+
+    def base_manifest(self) -> Manifest | None:
+        """The version this write started from (None for a new dataset)."""
+        if not self._base_version:
+            return None
+        name = history_name(self._base_version)
+        with translate_errors(self.url, self.storage_options):
+            return _read_manifest(self.fs, posixpath.join(self.root, name), join_url(self.url, name))
 
     def publish(self, local_path: str, *, split: str, rows: int, format: str,
                 partition: Mapping[str, str] | None = None) -> Shard:
@@ -233,13 +236,17 @@ class DatasetWriter:
 
     def _check_in_place(self, shards: Sequence[Shard]) -> None:
         """Refuse to commit shards that vanished (e.g. ``gc`` with a grace shorter than this write)."""
-        if not shards:
-            return
-        self.fs.invalidate_cache(self.root)
-        sizes = {p: info.get("size") for p, info in self.fs.find(self.root, detail=True).items()}
-        prefix = self.root.rstrip("/") + "/"
-        for shard in shards:
-            size = sizes.get(prefix + shard.path)
+        def size_of(shard: Shard) -> int | None:
+            path = posixpath.join(self.root, shard.path)
+            self.fs.invalidate_cache(path)
+            try:
+                return self.fs.size(path)
+            except FileNotFoundError:
+                return None
+
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            sizes = list(pool.map(size_of, shards))
+        for shard, size in zip(shards, sizes):
             if size != shard.bytes:
                 raise FileNotFoundError(
                     f"{redact_url(join_url(self.url, shard.path))}: published shard is "
@@ -296,6 +303,7 @@ class DatasetWriter:
             )
             if current is not None and manifest.same_content(current):
                 log.info("%s: content unchanged, keeping version %d", redact_url(self.url), current.version)
+                self._base_version = current.version
                 return current
             if version - 1 != self._base_version:
                 raise FileExistsError(
@@ -314,6 +322,7 @@ class DatasetWriter:
             # The commit is done; this copy is for people and tools that look for manifest.json.
             publish_bytes(self.fs, posixpath.join(self.root, MANIFEST_NAME), data)
         log.info("%s: committed version %d (%d shards)", redact_url(self.url), version, len(shards))
+        self._base_version = version  # a further commit from this writer builds on this one
         return manifest
 
 

@@ -97,9 +97,9 @@ def collect_garbage(
         manifests = {v: _read_manifest(fs, posixpath.join(root, history_name(v)), url) for v in versions}
         dropped = set()
         if keep_versions and len(versions) > keep_versions:
-            for older, newer in zip(versions, versions[1:]):
-                superseded = manifests[newer]
-                if older <= versions[-1] - keep_versions and superseded and _created(superseded) <= cutoff:
+            for older, newer in zip(versions[:-keep_versions], versions[1:]):
+                successor = manifests[newer]  # grace runs from when `older` stopped being the latest
+                if successor and _created(successor) <= cutoff:
                     dropped.add(older)
         referenced = {s.path for v, m in manifests.items() if v not in dropped and m for s in m.shards}
 
@@ -114,16 +114,18 @@ def collect_garbage(
                 continue
             if rel == MANIFEST_NAME:
                 continue
-            if rel.startswith(HISTORY_DIR + "/"):
+            if _TEMP.match(posixpath.basename(rel)):
+                pass  # a temporary file, wherever it is (also beside manifests)
+            elif rel.startswith(HISTORY_DIR + "/"):
                 version = parse_history_name(posixpath.basename(rel))
                 if version is None or version not in dropped:
                     continue
-            elif not (rel.startswith(STAGING_DIR + "/") or _TEMP.match(posixpath.basename(rel)) or _SHARD.match(rel)):
+            elif not (rel.startswith(STAGING_DIR + "/") or _SHARD.match(rel)):
                 report.unknown.append(rel)
                 continue
             if rel in referenced:
                 continue
-            if _mtime(fs, path, info) > cutoff and not rel.startswith(HISTORY_DIR + "/"):
+            if _mtime(fs, path, info) > cutoff and parse_history_name(posixpath.basename(rel)) is None:
                 report.too_recent.append(rel)
                 continue
             doomed.append((rel, path, int(info.get("size") or 0)))
@@ -136,6 +138,14 @@ def collect_garbage(
         for rel, path, size in doomed:
             if rel in referenced:
                 continue
+            if parse_history_name(posixpath.basename(rel)) is None:
+                fs.invalidate_cache(path)
+                try:  # a rerun may have published (and refreshed) this very name since we listed
+                    if _mtime(fs, path, fs.info(path)) > cutoff:
+                        report.too_recent.append(rel)
+                        continue
+                except FileNotFoundError:
+                    continue
             report.removed.append(rel)
             report.bytes_freed += size
             if not dry_run:
@@ -143,29 +153,40 @@ def collect_garbage(
                 log.info("gc removed %s", redact_url(join_url(url, rel)))
         report.removed += _abort_stale_uploads(fs, root, cutoff, dry_run)
         if is_local(fs) and not dry_run:
-            _remove_empty_dirs(posixpath.join(root, STAGING_DIR))
+            _remove_empty_dirs(posixpath.join(root, STAGING_DIR), cutoff)
     return report
 
 
-def _remove_empty_dirs(top: str) -> None:
-    """Local disk keeps directories a killed writer's staging left; object stores have none."""
+def _remove_empty_dirs(top: str, cutoff: _dt.datetime) -> None:
+    """Local disk keeps the directories of killed writers' staging; object stores have none.
+
+    Only old, empty directories below ``top`` go (writers recreate theirs before each file).
+    """
     for parent, _, _ in sorted(os.walk(top), key=lambda entry: -len(entry[0])):
+        if parent == top:
+            continue
         try:
-            os.rmdir(parent)
+            if _dt.datetime.fromtimestamp(os.stat(parent).st_mtime, _dt.timezone.utc) <= cutoff:
+                os.rmdir(parent)
         except OSError:
-            pass  # not empty
+            pass  # not empty, or gone
 
 
 def _abort_stale_uploads(fs: Any, root: str, cutoff: _dt.datetime, dry_run: bool) -> list[str]:
     """S3 only: abort multipart uploads under ``root`` that a killed writer left (invisible, but billed)."""
     if not hasattr(fs, "list_multipart_uploads"):
         return []
-    bucket, _, key_prefix = root.partition("/")
+    bucket, _, key_root = root.strip("/").partition("/")
+    prefix = key_root + "/" if key_root else ""
     aborted = []
-    for upload in fs.list_multipart_uploads(bucket):
-        key = upload.get("Key", "")
-        if key.startswith(key_prefix.rstrip("/") + "/") and upload.get("Initiated") and upload["Initiated"] <= cutoff:
-            if not dry_run:
-                fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=key, UploadId=upload["UploadId"])
-            aborted.append(f"multipart upload of {key[len(key_prefix.rstrip('/')) + 1:]}")
-    return aborted
+    markers: dict[str, str] = {}
+    while True:
+        page = fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=prefix, **markers)
+        for upload in page.get("Uploads", []):
+            if upload["Initiated"] <= cutoff:
+                if not dry_run:
+                    fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+                aborted.append(f"multipart upload of {upload['Key'][len(prefix):]}")
+        if not page.get("IsTruncated"):
+            return aborted
+        markers = {"KeyMarker": page["NextKeyMarker"], "UploadIdMarker": page["NextUploadIdMarker"]}

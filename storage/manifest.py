@@ -10,6 +10,7 @@ what the data was made.
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import posixpath
 import re
@@ -17,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .errors import ManifestError, UnsafePathError
+from .schema import schema_from_json
 
 __all__ = ["Shard", "Manifest", "MANIFEST_NAME", "HISTORY_DIR", "check_relative_path", "history_name", "parse_history_name"]
 
@@ -160,7 +162,7 @@ class Manifest:
                 "upgrade shardflow to read it."
             )
         try:
-            return cls(
+            manifest = cls(
                 version=int(data["version"]),
                 created_at=str(data["created_at"]),
                 schema=dict(data["schema"]),
@@ -170,5 +172,13 @@ class Manifest:
                 lineage=tuple(data.get("lineage") or ()),
                 metadata=dict(data.get("metadata") or {}),
             )
-        except (KeyError, TypeError) as e:
-            raise ManifestError(f"{where}: missing or malformed field {e}.") from e
+            if _dt.datetime.fromisoformat(manifest.created_at).tzinfo is None:
+                raise ValueError(f"created_at {manifest.created_at!r} has no time zone")
+            schema_from_json(manifest.schema)
+            if not isinstance(manifest.schema.get("fields"), list):
+                raise ValueError("schema has no field list")
+        except (ManifestError, UnsafePathError):
+            raise
+        except Exception as e:  # anything malformed inside: name the file, not a library's internals
+            raise ManifestError(f"{where}: missing or malformed field: {type(e).__name__}: {e}") from e
+        return manifest

@@ -31,10 +31,7 @@ __all__ = [
 
 # Option names whose values are secrets; matched case-insensitively as substrings.
 _SECRET_WORDS = ("secret", "token", "password", "credential", "key", "sas", "signature", "connection", "conn_str")
-_SECRET_QUERY = re.compile(
-    r"(?i)([?&](?:sig|signature|x-amz-signature|x-amz-credential|x-amz-security-token|token|"
-    r"access_token|sas|key|password)=)[^&\s]*"
-)
+_SECRET_QUERY = re.compile(r"(?i)([?&][^=&\s]*(?:sig|signature|credential|token|key|password|sas)[^=&\s]*=)[^&\s]*")
 
 
 def resolve(url: str, storage_options: Mapping[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -77,10 +74,13 @@ def redact_url(url: str) -> str:
     except ValueError:
         return "<unparseable url>"
     netloc = parts.netloc
-    if "@" in netloc and parts.scheme not in ("az", "abfs", "abfss"):  # az://container@account is not a secret
+    if "@" in netloc:
         userinfo, host = netloc.rsplit("@", 1)
         user = userinfo.split(":", 1)[0]
-        netloc = f"{user}:***@{host}" if ":" in userinfo else f"***@{host}"
+        if ":" in userinfo:
+            netloc = f"{user}:***@{host}"
+        elif parts.scheme not in ("az", "abfs", "abfss"):  # az://container@account names no secret
+            netloc = f"***@{host}"
     query = _SECRET_QUERY.sub(r"\1***", "?" + parts.query)[1:] if parts.query else ""
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
@@ -138,6 +138,8 @@ def parse_storage_options(items: Iterable[str]) -> dict[str, Any]:
             value = raw
         if not isinstance(value, (str, int, float, bool)) and value is not None:
             value = raw  # keep structured-looking text verbatim
+        if any(w in key.lower() for w in _SECRET_WORDS):
+            value = raw  # credentials stay exactly as typed (a password of digits is not a number)
         target = options
         *parents, leaf = key.split(".")
         for parent in parents:

@@ -87,3 +87,15 @@ def test_written_dataset_opens_from_python(tmp_path) -> None:
     run_cli("data", "synth", "--rows", "5000", "--output", url)
     dataset = open_dataset(url)
     assert dataset.manifest.rows == 5000 and dataset.verify() == []
+
+
+def test_malformed_manifest_is_one_line_not_a_traceback(tmp_path) -> None:
+    url = str(tmp_path / "clicks")
+    run_cli("data", "synth", "--rows", "100", "--output", url)
+    history = tmp_path / "clicks" / "_manifests" / "v00000001.json"
+    data = json.loads(history.read_text())
+    data["schema"] = {}
+    history.write_text(json.dumps(data))
+    proc = run_cli("data", "inspect", url, check=False)
+    assert proc.returncode == 2 and "v00000001.json: missing or malformed field" in proc.stderr
+    assert "Traceback" not in proc.stderr

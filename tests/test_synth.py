@@ -105,6 +105,12 @@ def test_appended_days_match_a_single_run() -> None:
     assert appended.metadata["synth"]["optimal_auc"] == pytest.approx(whole.metadata["synth"]["optimal_auc"], abs=1e-4)
     with pytest.raises(ValueError, match="seed"):
         synthesize(url, SynthConfig(rows=100, seed=6, start_date="2026-01-04"), append=True)
+    # A day already present is kept, not duplicated, whatever the shard size; other row counts are refused.
+    again = synthesize(url, SynthConfig(rows=3000, days=1, seed=5, start_date="2026-01-03", rows_per_shard=300),
+                       append=True)
+    assert again.rows == 9000 and [s.checksum for s in again.shards] == [s.checksum for s in whole.shards]
+    with pytest.raises(ValueError, match="already in"):
+        synthesize(url, SynthConfig(rows=500, seed=5, start_date="2026-01-03"), append=True)
 
 
 @pytest.mark.parametrize(("name", "value"), [("rows", 0), ("days", 0), ("seed", -1), ("start_date", "yesterday"),
