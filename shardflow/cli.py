@@ -22,10 +22,14 @@ from shardflow.storage import (
 )
 from shardflow.storage.urls import redact_text
 
+DEAD_LETTER_DIR = "_dead_letter"
+
 app = typer.Typer(help="shardflow: shard, augment and stream big training data.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
 data_app = typer.Typer(help="Synthesize, inspect, verify and garbage-collect datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+pipeline_app = typer.Typer(help="Shard, augment and write training datasets with Beam or Dask.", no_args_is_help=True)
+app.add_typer(pipeline_app, name="pipeline")
 
 out = Console()
 err = Console(stderr=True)
@@ -61,6 +65,22 @@ def _parse_duration(text: str) -> float:
         raise typer.BadParameter(f"{text!r}. Expected a number with an optional unit s, m, h or d (e.g. 1h).",
                                  param_hint="'--grace'")
     return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+
+
+def _splits_table(manifest: Any, title: str) -> Table:
+    """Shards, rows and bytes per split and format (each format holds the same rows)."""
+    groups: dict[tuple[str, str], list[int]] = {}
+    for shard in manifest.shards:
+        agg = groups.setdefault((shard.split, shard.format), [0, 0, 0])
+        agg[0] += 1
+        agg[1] += shard.rows
+        agg[2] += shard.bytes
+    table = Table(title=title)
+    for col in ("split", "format", "shards", "rows", "bytes"):
+        table.add_column(col, justify="left" if col in ("split", "format") else "right")
+    for (split, fmt), (count, rows, size) in groups.items():
+        table.add_row(split, fmt, f"{count:,}", f"{rows:,}", _human_bytes(size))
+    return table
 
 
 @data_app.command("synth")
@@ -112,12 +132,7 @@ def data_inspect(
         return
     out.print(f"[bold]{redact_url(url)}[/]  version {m.version}, created {m.created_at} by {m.writer.get('name')}")
     out.print(f"{m.rows:,} rows, {len(m.shards)} shards, {_human_bytes(m.bytes)}")
-    splits = Table(title="splits")
-    for col in ("split", "shards", "rows", "bytes"):
-        splits.add_column(col, justify="left" if col == "split" else "right")
-    for name, agg in m.splits().items():
-        splits.add_row(name, f"{agg['shards']:,}", f"{agg['rows']:,}", _human_bytes(agg["bytes"]))
-    out.print(splits)
+    out.print(_splits_table(m, "splits"))
     if max_shards:
         shards = Table(title=f"shards ({min(max_shards, len(m.shards))} of {len(m.shards)})")
         for col in ("path", "format", "split", "rows", "bytes", "checksum"):
@@ -181,6 +196,86 @@ def data_gc(
     if report.unknown:
         out.print(f"{len(report.unknown)} file(s) shardflow did not write left alone: {', '.join(report.unknown[:5])}")
     out.print(f"[green]gc[/] {redact_url(url)}: {verb} {len(report.removed)} file(s), {_human_bytes(report.bytes_freed)}")
+
+
+def _parse_split(text: str) -> dict[str, float]:
+    """``train=0.8,eval=0.2`` or ``0.8,0.1,0.1`` (train, eval, test)."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    try:
+        if all("=" in p for p in parts):
+            return {k.strip(): float(v) for k, v in (p.split("=", 1) for p in parts)}
+        return dict(zip(("train", "eval", "test"), (float(p) for p in parts)))
+    except ValueError:
+        raise typer.BadParameter(f"{text!r}. Expected e.g. train=0.8,eval=0.2 or 0.8,0.1,0.1.",
+                                 param_hint="'--split'") from None
+
+
+@pipeline_app.command("run", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def pipeline_run(
+    ctx: typer.Context,
+    config_file: Annotated[Optional[str], typer.Argument(help="YAML config; flags override it.", metavar="CONFIG.yaml")] = None,
+    input: Annotated[Optional[str], typer.Option(help="Input URL: file, glob, directory or dataset.")] = None,
+    output: Annotated[Optional[str], typer.Option(help="Output dataset URL.")] = None,
+    engine: Annotated[Optional[str], typer.Option(help="beam or dask.")] = None,
+    runner: Annotated[Optional[str], typer.Option(help="Beam runner (DirectRunner, DataflowRunner, ...).")] = None,
+    dask_address: Annotated[Optional[str], typer.Option(help="Existing Dask scheduler, tcp://host:8786.")] = None,
+    formats: Annotated[Optional[str], typer.Option(help="parquet, tfrecord or both: parquet,tfrecord.")] = None,
+    shards: Annotated[Optional[int], typer.Option(help="Shards of the largest split.", min=1)] = None,
+    rows_per_shard: Annotated[Optional[int], typer.Option(help="Target rows per shard.", min=1)] = None,
+    bytes_per_shard: Annotated[Optional[int], typer.Option(help="Target bytes per shard.", min=1)] = None,
+    label: Annotated[Optional[str], typer.Option(help="Label column (rows without one are bad).")] = None,
+    split: Annotated[Optional[str], typer.Option(help="train=0.8,eval=0.2[,test=...].")] = None,
+    split_key: Annotated[Optional[str], typer.Option(help="Column whose hash decides the split (default: the row).")] = None,
+    augment_copies: Annotated[Optional[int], typer.Option(help="Augmented copies per training row.", min=0)] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of split, shuffle and augmentation.", min=0)] = None,
+    max_bad_fraction: Annotated[Optional[float], typer.Option(help="Fail above this fraction of bad rows.")] = None,
+    input_format: Annotated[Optional[str], typer.Option(help="csv, jsonl or parquet (default: by extension).")] = None,
+    storage_option: StorageOption = None,
+) -> None:
+    """Parse, validate, split, shard, augment and write a committed dataset.
+
+    Unknown --options are passed to Beam (--project, --region, --temp_location, --dry_run=True ...).
+    """
+    from shardflow.pipelines.config import load_config
+    from shardflow.pipelines.run import run_pipeline
+
+    overrides: dict[str, Any] = {
+        "input": input, "output": output, "engine": engine, "runner": runner, "dask_address": dask_address,
+        "formats": [f.strip() for f in formats.split(",")] if formats else None, "shards": shards,
+        "rows_per_shard": rows_per_shard, "bytes_per_shard": bytes_per_shard, "label": label, "seed": seed,
+        "max_bad_fraction": max_bad_fraction, "input_format": input_format,
+        "split": {**(_parse_split(split) if split else {}), **({"key": split_key} if split_key else {})} or None,
+        "augment": {"copies": augment_copies} if augment_copies is not None else None,
+        "storage_options": parse_storage_options(storage_option or []) or None,
+    }
+    if ctx.args:
+        overrides["beam_options"] = list(ctx.args)
+    config = load_config(config_file, overrides)
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed:,.0f}/{task.total:,.0f}"),
+                  TextColumn("{task.fields[info]}"), console=err, transient=True) as bar:
+        tasks: dict[str, Any] = {}
+        totals = {"rows": 0, "bad": 0}
+
+        def progress(event: str, **counts: int) -> None:
+            if event == "plan":
+                tasks["file"] = bar.add_task(f"read ({config.engine})", total=counts["files"], info="")
+                tasks["shard"] = bar.add_task("write shards", total=counts["shards"], info="")
+            elif event in tasks:
+                bar.advance(tasks[event])
+                if event == "file":
+                    totals["rows"] += counts.get("rows", 0)
+                    totals["bad"] += counts.get("bad", 0)
+                    elapsed = bar.tasks[tasks["file"]].elapsed or 1e-9
+                    bar.update(tasks["file"], info=f"{totals['rows']:,} rows, {totals['bad']:,} bad, "
+                                                   f"{totals['rows'] / elapsed:,.0f} rows/s")
+
+        summary = run_pipeline(config, progress=progress)
+    if summary.dry_run:
+        out.print(f"[green]dry run[/]: built the {config.runner} job for {redact_url(config.output)}; nothing written")
+        return
+    out.print(_splits_table(summary.manifest, f"{redact_url(config.output)} version {summary.manifest.version}"))
+    out.print(f"[green]committed[/]: read {summary.rows_read:,} rows, {summary.bad_rows:,} bad "
+              f"(in {DEAD_LETTER_DIR}/), in {summary.seconds:.1f} s ({summary.rows_read / max(summary.seconds, 1e-9):,.0f} rows/s)")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,103 @@
+"""Beam engine: the stages as a Beam pipeline, on any runner (DirectRunner locally, DataflowRunner ...).
+
+``Create(inputs) | ParDo(map_file) | GroupByKey(shard) | Map(reduce_shard)``: only piece
+references pass through the shuffle. Results are written as small JSON files into the
+run's staging directory and read back by the launcher, which works on every runner.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+import logging
+from collections.abc import Iterator
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.runners.runner import PipelineState
+
+from shardflow.storage import resolve
+from shardflow.storage.urls import join_url, translate_errors
+
+from ..stages import MapResult, Plan, map_file, reduce_shard
+from . import Progress, ShardRecord
+
+__all__ = ["BeamEngine", "build_pipeline", "beam_options"]
+
+log = logging.getLogger(__name__)
+
+
+def beam_options(plan: Plan) -> PipelineOptions:
+    config = plan.config
+    args = [f"--runner={config.runner}", *config.beam_options]
+    if config.runner == "DirectRunner":
+        args += [f"--direct_running_mode={config.direct_running_mode}", f"--direct_num_workers={config.direct_num_workers}"]
+    return PipelineOptions(args)
+
+
+def _save(plan: Plan, name: str, payload: bytes) -> None:
+    url = join_url(plan.staging, "results", name)
+    fs, path = resolve(url, plan.config.storage_options)
+    with translate_errors(url, plan.config.storage_options):
+        fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+        fs.pipe_file(path, payload)
+
+
+class _MapFile(beam.DoFn):
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+
+    def process(self, index: int) -> Iterator[tuple[tuple[str, int], str]]:
+        result = map_file(self.plan, index)
+        _save(self.plan, f"map-{index:07d}.json", json.dumps(asdict(result)).encode())
+        for split, shard, url in result.pieces:
+            yield (split, shard), url
+
+
+class _ReduceShard(beam.DoFn):
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+
+    def process(self, element: tuple[tuple[str, int], list[str]]) -> Iterator[None]:
+        (split, shard), urls = element
+        records = reduce_shard(self.plan, split, shard, list(urls))
+        _save(self.plan, f"shard-{split}-{shard:05d}.json", json.dumps(records).encode())
+        return iter(())
+
+
+def build_pipeline(plan: Plan) -> beam.Pipeline:
+    """The Beam pipeline for ``plan`` (not run): labelled steps, any runner."""
+    pipeline = beam.Pipeline(options=beam_options(plan))
+    _ = (
+        pipeline
+        | "ListInputs" >> beam.Create(list(range(len(plan.inputs))))
+        | "Reshuffle" >> beam.Reshuffle()
+        | "ParseValidateSplitAugment" >> beam.ParDo(_MapFile(plan))
+        | "GroupByShard" >> beam.GroupByKey()
+        | "ShuffleEncodeWrite" >> beam.ParDo(_ReduceShard(plan))
+    )
+    return pipeline
+
+
+class BeamEngine:
+    def run(self, plan: Plan, progress: Progress) -> tuple[list[MapResult], list[ShardRecord]]:
+        result = build_pipeline(plan).run()
+        state = result.wait_until_finish()
+        if state != PipelineState.DONE:
+            raise RuntimeError(f"The Beam pipeline ended in state {state}; nothing was committed.")
+        fs, path = resolve(join_url(plan.staging, "results"), plan.config.storage_options)
+        fs.invalidate_cache(path)
+        maps: list[MapResult] = []
+        records: list[ShardRecord] = []
+        for name in sorted(fs.ls(path, detail=False)) if fs.exists(path) else []:
+            data = fs.cat_file(name)
+            if name.rsplit("/", 1)[-1].startswith("map-"):
+                fields = json.loads(data)
+                fields["pieces"] = [tuple(p) for p in fields["pieces"]]
+                maps.append(MapResult(**fields))
+                progress("file", rows=maps[-1].rows_read, bad=maps[-1].bad_rows)
+            else:
+                for split, shard, fmt, shard_json in json.loads(data):
+                    records.append((split, shard, fmt, shard_json))
+                progress("shard", rows=records[-1][3]["rows"] if records else 0)
+        return maps, records

@@ -1,0 +1,132 @@
+"""The record logic, written once over Arrow batches and run by every engine.
+
+Randomness here is counter-based: every random number is a hash of the seed, the row's
+identity (input file and row number), the augmented copy and a purpose tag, so results do
+not depend on how an engine batches, orders or parallelises the work.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .config import AugmentConfig
+
+__all__ = ["mix", "uniform", "row_identity", "content_hash", "assign_split", "augment", "COPY_COLUMN", "load_function"]
+
+COPY_COLUMN = "augment_copy"  # provenance: 0 for an original row, k for its k-th augmented copy
+_M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+
+
+def mix(*parts: np.ndarray | int) -> np.ndarray:
+    """splitmix64-style mixing of uint64 arrays/ints into one well-spread uint64 hash per row."""
+    with np.errstate(over="ignore"):
+        h = np.uint64(0x9E3779B97F4A7C15)
+        for part in parts:
+            x = (np.asarray(part, dtype=np.uint64) ^ h) + np.uint64(0x9E3779B97F4A7C15)
+            x = (x ^ (x >> np.uint64(30))) * _M1
+            x = (x ^ (x >> np.uint64(27))) * _M2
+            h = x ^ (x >> np.uint64(31))
+    return h
+
+
+def uniform(h: np.ndarray) -> np.ndarray:
+    """Uniform floats in [0, 1) from hashes (53 bits)."""
+    return (h >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+def _text_hash(text: str) -> int:
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
+
+
+def row_identity(relative_path: str, first_row: int, n: int) -> np.ndarray:
+    """Stable ids of ``n`` rows numbered from ``first_row`` in one input file."""
+    return mix(_text_hash(relative_path), np.arange(first_row, first_row + n, dtype=np.uint64))
+
+
+def content_hash(batch: pa.RecordBatch | pa.Table, columns: Sequence[str], seed: int) -> np.ndarray:
+    """Hash of the values in ``columns`` of each row (equal rows, equal hashes), keyed by the seed."""
+    frame = pa.table({c: batch.column(c) for c in columns}).to_pandas(types_mapper=None)
+    key = hashlib.blake2b(str(seed).encode(), digest_size=8).hexdigest()[:16]
+    return pd.util.hash_pandas_object(frame, index=False, hash_key=key).to_numpy().astype(np.uint64)
+
+
+def assign_split(hashes: np.ndarray, fractions: dict[str, float], seed: int) -> np.ndarray:
+    """Split name index per row, from its hash: deterministic, and stable when rows are added."""
+    u = uniform(mix(hashes, seed, 0x5B11))
+    edges = np.cumsum(list(fractions.values()))
+    edges[-1] = 1.0 + 1e-12
+    return np.searchsorted(edges, u, side="right")
+
+
+def load_function(spec: str) -> Callable[..., Any]:
+    """Import ``module:function``; errors name the spec."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ValueError(f"Invalid value for `augment.functions`: {spec!r}. Expected 'module:function'.")
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"Invalid value for `augment.functions`: {spec!r}: {e}") from None
+
+
+def _normal(h: np.ndarray) -> np.ndarray:
+    u1 = np.maximum(uniform(h), 1e-300)
+    u2 = uniform(mix(h, 0xB0C5))
+    return np.sqrt(-2.0 * np.log(u1)) * np.cos(2 * np.pi * u2)
+
+
+def _augment_tabular(table: pa.Table, ids: np.ndarray, copy: int, config: AugmentConfig, label: str | None,
+                     seed: int) -> pa.Table:
+    features = [f for f in table.schema if f.name not in (label, COPY_COLUMN)]
+    noisy = set(config.noise_columns) if config.noise_columns is not None else \
+        {f.name for f in features if pa.types.is_floating(f.type)}
+    maskable = set(config.mask_columns) if config.mask_columns is not None else {f.name for f in features}
+    image_columns = set(config.image_columns)
+    columns = []
+    for index, field in enumerate(table.schema):
+        column = table.column(field.name).combine_chunks()
+        tag = _text_hash(field.name)
+        if field.name in noisy and config.noise_std > 0 and field.name not in image_columns:
+            values = column.to_numpy(zero_copy_only=False).astype(np.float64)
+            noise = config.noise_std * _normal(mix(ids, seed, copy, tag, 0x401))
+            column = pa.array(values + noise, mask=pc.is_null(column).to_numpy(zero_copy_only=False)).cast(field.type)
+        if field.name in image_columns:
+            from .images import augment_images
+
+            column = augment_images(column, mix(ids, seed, copy, tag), config)
+        if field.name in maskable and config.mask_prob > 0:
+            masked = uniform(mix(ids, seed, copy, tag, 0x3A5C)) < config.mask_prob
+            column = pc.if_else(pa.array(masked), pa.scalar(None, field.type), column)
+        columns.append(column)
+    return pa.Table.from_arrays(columns, schema=table.schema)
+
+
+def augment(table: pa.Table, ids: np.ndarray, config: AugmentConfig, *, label: str | None,
+            seed: int) -> tuple[pa.Table, np.ndarray]:
+    """The original training rows plus ``config.copies`` augmented copies each, tagged in ``augment_copy``.
+
+    Returns:
+        The rows and their identities (copies get distinct ids, so they land in different shards).
+    """
+    originals = table.append_column(COPY_COLUMN, pa.array(np.zeros(table.num_rows, np.int32)))
+    parts, part_ids = [originals], [ids]
+    functions = [load_function(spec) for spec in config.functions]
+    for copy in range(1, config.copies + 1):
+        copied = _augment_tabular(originals, ids, copy, config, label, seed)
+        for function in functions:
+            copied = function(copied, seed=int(mix(seed, copy)))
+            if not isinstance(copied, pa.Table) or copied.schema != originals.schema:
+                raise ValueError(f"Augmentation function must return a pyarrow.Table with the input schema; "
+                                 f"got {type(copied).__name__}.")
+        parts.append(copied.set_column(copied.schema.get_field_index(COPY_COLUMN), COPY_COLUMN,
+                                       pa.array(np.full(table.num_rows, copy, np.int32))))
+        part_ids.append(mix(ids, copy, 0xC0B1))
+    return pa.concat_tables(parts), np.concatenate(part_ids)
