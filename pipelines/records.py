@@ -53,7 +53,12 @@ def row_identity(relative_path: str, first_row: int, n: int) -> np.ndarray:
 
 def content_hash(batch: pa.RecordBatch | pa.Table, columns: Sequence[str], seed: int) -> np.ndarray:
     """Hash of the values in ``columns`` of each row (equal rows, equal hashes), keyed by the seed."""
-    frame = pa.table({c: batch.column(c) for c in columns}).to_pandas(types_mapper=None)
+    def hashable(column: pa.Array) -> pa.Array:  # nested values (lists: raw images ...) hash by their text
+        if pa.types.is_nested(column.type):
+            return pa.array([None if v is None else repr(v) for v in column.to_pylist()], pa.string())
+        return column
+
+    frame = pa.table({c: hashable(batch.column(c)) for c in columns}).to_pandas()
     key = hashlib.blake2b(str(seed).encode(), digest_size=8).hexdigest()[:16]
     return pd.util.hash_pandas_object(frame, index=False, hash_key=key).to_numpy().astype(np.uint64)
 
@@ -124,8 +129,9 @@ def augment(table: pa.Table, ids: np.ndarray, config: AugmentConfig, *, label: s
         for function in functions:
             copied = function(copied, seed=int(mix(seed, copy)))
             if not isinstance(copied, pa.Table) or copied.schema != originals.schema:
-                raise ValueError(f"Augmentation function must return a pyarrow.Table with the input schema; "
-                                 f"got {type(copied).__name__}.")
+                got = copied.schema if isinstance(copied, pa.Table) else type(copied).__name__
+                raise ValueError(f"Augmentation function {function.__module__}:{function.__name__} must return a "
+                                 f"pyarrow.Table with the schema it was given.\nexpected: {originals.schema}\ngot: {got}")
         parts.append(copied.set_column(copied.schema.get_field_index(COPY_COLUMN), COPY_COLUMN,
                                        pa.array(np.full(table.num_rows, copy, np.int32))))
         part_ids.append(mix(ids, copy, 0xC0B1))

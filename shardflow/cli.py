@@ -248,8 +248,12 @@ def pipeline_run(
         "augment": {"copies": augment_copies} if augment_copies is not None else None,
         "storage_options": parse_storage_options(storage_option or []) or None,
     }
-    if ctx.args:
-        overrides["beam_options"] = list(ctx.args)
+    passthrough = list(ctx.args)
+    if config_file and config_file.startswith("-"):  # an unknown option landed in the positional slot
+        passthrough.insert(0, config_file)
+        config_file = None
+    if passthrough:
+        overrides["beam_options"] = passthrough
     config = load_config(config_file, overrides)
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed:,.0f}/{task.total:,.0f}"),
                   TextColumn("{task.fields[info]}"), console=err, transient=True) as bar:

@@ -84,10 +84,17 @@ def write_parquet_shards(
 
 def iter_parquet_batches(dataset: Dataset, split: str | None = None, *, columns: list[str] | None = None,
                          batch_size: int = 65536) -> Iterator[pa.RecordBatch]:
-    """Record batches of the dataset's Parquet shards, in manifest order."""
-    for shard in dataset.shards(split):
-        if shard.format != "parquet":
-            raise ValueError(f"{dataset.shard_url(shard)} is a {shard.format} shard; read_parquet reads Parquet only.")
+    """Record batches of the dataset's Parquet shards (of ``split``), in manifest order.
+
+    Raises:
+        ValueError: the dataset (split) has shards, but none in Parquet.
+    """
+    shards = dataset.shards(split)
+    parquet = [s for s in shards if s.format == "parquet"]
+    if shards and not parquet:
+        raise ValueError(f"{dataset.url}: no Parquet shards{f' in split {split!r}' if split else ''} "
+                         f"(formats: {sorted({s.format for s in shards})}).")
+    for shard in parquet:
         with dataset.open_shard(shard) as f:
             yield from pq.ParquetFile(f).iter_batches(batch_size=batch_size, columns=columns)
 

@@ -1,0 +1,235 @@
+"""Pipelines: one definition run by Beam and Dask, with the same shards, dead letters and augmentation."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from shardflow.pipelines.config import load_config
+from shardflow.pipelines.run import run_pipeline
+from shardflow.pipelines.synth import SynthConfig, synthesize
+from shardflow.storage import open_dataset, read_parquet
+
+from .conftest import Location, run_cli
+
+
+@pytest.fixture(scope="module")
+def raw(tmp_path_factory) -> str:
+    url = str(tmp_path_factory.mktemp("raw") / "clicks")
+    synthesize(url, SynthConfig(rows=30_000, days=3, seed=2, rows_per_shard=4000))
+    return url
+
+
+def run(input_url: str, output: str, **settings) -> object:
+    return run_pipeline(load_config(None, {"input": input_url, "output": output, "label": "label",
+                                           "rows_per_shard": 7000, "seed": 1, **settings}))
+
+
+def checksums(url: str, **options) -> list[tuple[str, str, str]]:
+    return [(s.split, s.format, s.checksum) for s in open_dataset(url, storage_options=options).manifest.shards]
+
+
+def test_beam_and_dask_write_the_same_shards(raw, tmp_path) -> None:
+    beam = run(raw, str(tmp_path / "beam"), engine="beam", formats=["parquet", "tfrecord"])
+    dask = run(raw, str(tmp_path / "dask"), engine="dask", formats=["parquet", "tfrecord"])
+    multi = run(raw, str(tmp_path / "multi"), engine="beam", formats=["parquet", "tfrecord"],
+                direct_running_mode="multi_processing", direct_num_workers=2)
+    assert checksums(str(tmp_path / "beam")) == checksums(str(tmp_path / "dask")) == checksums(str(tmp_path / "multi"))
+    manifest = beam.manifest
+    assert beam.rows_read == dask.rows_read == 30_000 and beam.bad_rows == 0
+    parquet = [s for s in manifest.shards if s.format == "parquet"]
+    rows = {split: sum(s.rows for s in parquet if s.split == split) for split in ("train", "eval")}
+    assert rows["train"] + rows["eval"] == 30_000 and abs(rows["eval"] / 30_000 - 0.2) < 0.02
+    # Shards are balanced, and each mixes days and classes (rows shuffled across shards).
+    train = [s for s in parquet if s.split == "train"]
+    assert len(train) == math.ceil(24_000 / 7000) and max(s.rows for s in train) < 1.2 * min(s.rows for s in train)
+    dataset = open_dataset(str(tmp_path / "beam"))
+    for shard in train:
+        with dataset.open_shard(shard) as f:
+            labels = pq.read_table(f).column("label").to_numpy()
+        assert 0.15 < labels.mean() < 0.35
+    # Rows are shuffled, not copied in input order.
+    source_c1 = read_parquet(open_dataset(raw)).column("C1").to_pylist()
+    first = read_parquet(dataset, "train").column("C1").to_pylist()[:50]
+    assert first != [c for c in source_c1 if c in set(first)][:50]
+    assert manifest.writer["params"]["engine"] == "beam" and "storage_options" not in manifest.writer["params"]
+
+
+def test_rerun_is_idempotent_and_deterministic(raw, tmp_path) -> None:
+    first = run(raw, str(tmp_path / "out"))
+    again = run(raw, str(tmp_path / "out"))
+    assert again.manifest.version == first.manifest.version == 1
+    other_seed = run(raw, str(tmp_path / "seeded"), seed=2)
+    assert checksums(str(tmp_path / "seeded")) != checksums(str(tmp_path / "out"))
+    assert other_seed.manifest.rows == first.manifest.rows
+
+
+def test_s3_output_on_the_test_server(raw, s3_server) -> None:
+    url = f"s3://{s3_server.bucket}/pipeline-out"
+    summary = run(raw, url, engine="dask", storage_options=s3_server.storage_options)
+    dataset = open_dataset(url, storage_options=s3_server.storage_options)
+    assert dataset.verify() == [] and dataset.manifest == summary.manifest
+    assert read_parquet(dataset).num_rows == 30_000
+    assert "secret" not in json.dumps(dataset.manifest.writer["params"])
+
+
+def write_csv(path, text: str) -> str:
+    path.write_text(text)
+    return str(path)
+
+
+def test_bad_rows_go_to_the_dead_letter_output(tmp_path) -> None:
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    write_csv(raw / "a.csv", "id,x,label\n1,0.5,1\n2,abc,0\n3,1.5,\n4,2.5,1,extra\n5,3.5,0\n")
+    write_csv(raw / "b.csv", "id,x,label\n6,4.5,1\n7,5.5,0\n")
+    settings = {"columns": {"id": "int64", "x": "float64", "label": "int64"}, "split": {"train": 1.0, "eval": 0.0}}
+    with pytest.raises(ValueError, match=r"3 of 7 rows are bad .* above `max_bad_fraction` 0.1"):
+        run(str(raw), str(tmp_path / "strict"), max_bad_fraction=0.1, **settings)
+    with pytest.raises(FileNotFoundError):
+        open_dataset(str(tmp_path / "strict"))  # nothing committed
+    summary = run(str(raw), str(tmp_path / "out"), max_bad_fraction=0.5, **settings)
+    assert summary.bad_rows == 3 and summary.manifest.rows == 4
+    assert summary.manifest.metadata["pipeline"]["bad_rows"] == 3
+    dead = read_parquet(open_dataset(str(tmp_path / "out" / "_dead_letter"))).to_pylist()
+    reasons = {row["raw"].split(",")[0] if "," in row["raw"] else row["raw"]: row["reason"] for row in dead}
+    assert len(dead) == 3 and all(row["source"].endswith("a.csv") for row in dead)
+    assert any("'x'" in r and "abc" in r for r in reasons.values())
+    assert any("'label'" in r and "missing" in r for r in reasons.values())
+    assert any("expected 3 fields, found 4" in r for r in reasons.values())
+    assert sorted(read_parquet(open_dataset(str(tmp_path / "out"))).column("id").to_pylist()) == [1, 5, 6, 7]
+
+
+def test_empty_input_commits_an_empty_dataset(tmp_path) -> None:
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    write_csv(raw / "empty.csv", "id,x,label\n")
+    summary = run(str(raw), str(tmp_path / "out"), columns={"id": "int64", "x": "float64", "label": "int64"},
+                  engine="dask")
+    assert summary.manifest.rows == 0 and summary.manifest.shards == ()
+    assert open_dataset(str(tmp_path / "out")).schema.names == ["id", "x", "label"]
+
+
+def test_values_round_trip_exactly_in_parquet_duckdb_and_tfrecord(tmp_path) -> None:
+    rows = [
+        {"id": 1, "text": "naïve café ☕ 日本語", "x": float("nan"), "big": 2**62, "label": 1},
+        {"id": 2, "text": None, "x": 1.7976931348623157e308, "big": -(2**63), "label": 0},
+        {"id": 3, "text": "", "x": -0.0, "big": None, "label": 1},
+        {"id": 4, "text": "emoji 🚀\nnewline", "x": 5e-324, "big": 0, "label": 0},
+    ]
+    table = pa.Table.from_pylist(rows, schema=pa.schema([("id", pa.int64()), ("text", pa.string()),
+                                                         ("x", pa.float64()), ("big", pa.int64()),
+                                                         ("label", pa.int64())]))
+    pq.write_table(table, tmp_path / "in.parquet")
+    out = str(tmp_path / "out")
+    run(str(tmp_path / "in.parquet"), out, formats=["parquet", "tfrecord"], split={"train": 1.0, "eval": 0.0})
+    dataset = open_dataset(out)
+    got = read_parquet(dataset).sort_by("id")
+    assert got.drop_columns(["x"]).equals(table.drop_columns(["x"]))  # unicode, nulls, extreme ints
+    bits = lambda t: t.column("x").to_numpy().view(np.uint64).tolist()  # noqa: E731
+    assert bits(got) == bits(table)  # NaN, -0.0, max and subnormal doubles, bit for bit
+    import duckdb
+
+    shard = next(s for s in dataset.manifest.shards if s.format == "parquet")
+    duck = duckdb.sql(f"SELECT id, text, big FROM read_parquet('{dataset.shard_path(shard)}') ORDER BY id").fetchall()
+    assert duck == [(r["id"], r["text"], r["big"]) for r in rows]
+    import tensorflow as tf
+
+    spec = {name: tf.io.FixedLenFeature([], {"int64": tf.int64, "float32": tf.float32, "string": tf.string}[f["dtype"]],
+                                        default_value=f["default"])
+            for name, f in dataset.manifest.feature_spec.items()}
+    tf_shard = next(s for s in dataset.manifest.shards if s.format == "tfrecord")
+    batch = next(iter(tf.data.TFRecordDataset(dataset.shard_path(tf_shard)).batch(10)))
+    parsed = tf.io.parse_example(batch, spec)
+    order = np.argsort(parsed["id"].numpy())
+    assert parsed["id"].numpy()[order].tolist() == [1, 2, 3, 4]
+    assert [t.decode() for t in parsed["text"].numpy()[order]] == ["naïve café ☕ 日本語", "", "", "emoji 🚀\nnewline"]
+    assert parsed["big"].numpy()[order].tolist() == [2**62, -(2**63), 0, 0]  # null -> the spec's default
+    x = parsed["x"].numpy()[order]
+    assert math.isnan(x[0]) and x[3] == np.float32(5e-324) and np.isinf(x[1])  # float32 in TF examples
+
+
+def test_tabular_augmentation_is_seeded_and_only_for_training_rows(raw, tmp_path) -> None:
+    settings = {"augment": {"copies": 2, "noise_std": 0.5, "mask_prob": 0.1,
+                            "functions": ["tests.helpers.augmentations:double_i1"]}}
+    a = run(raw, str(tmp_path / "a"), **settings)
+    b = run(raw, str(tmp_path / "b"), engine="dask", **settings)
+    assert checksums(str(tmp_path / "a")) == checksums(str(tmp_path / "b"))
+    dataset = open_dataset(str(tmp_path / "a"))
+    train, evaluation = read_parquet(dataset, "train"), read_parquet(dataset, "eval")
+    copies = np.bincount(train.column("augment_copy").to_numpy())
+    assert copies.tolist() == [copies[0]] * 3 and set(evaluation.column("augment_copy").to_pylist()) == {0}
+    assert copies[0] + evaluation.num_rows == 30_000
+    originals = train.filter(pa.compute.equal(train.column("augment_copy"), 0))
+    augmented = train.filter(pa.compute.equal(train.column("augment_copy"), 1))
+    assert originals.column("label").to_numpy().sum() == augmented.column("label").to_numpy().sum()
+    assert augmented.column("C1").null_count > originals.column("C1").null_count  # masking
+    assert not np.allclose(np.nan_to_num(np.sort(originals.column("I3").to_numpy(zero_copy_only=False))),
+                           np.nan_to_num(np.sort(augmented.column("I3").to_numpy(zero_copy_only=False))))
+    assert a.manifest.metadata["pipeline"]["augment"]["copies"] == 2
+
+
+def test_image_augmentation(tmp_path) -> None:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(40):
+        pixels = rng.integers(0, 255, (8, 6, 3), dtype=np.uint8)
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, format="PNG")
+        rows.append({"id": i, "png": buffer.getvalue(), "raw": pixels.reshape(-1).tolist(), "label": i % 2})
+    schema = pa.schema([("id", pa.int64()), ("png", pa.binary()), ("raw", pa.list_(pa.uint8())), ("label", pa.int64())])
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp_path / "images.parquet")
+    augment = {"copies": 1, "image_columns": ["png", "raw"], "image_shape": [8, 6, 3], "flip": True,
+               "crop_padding": 2, "brightness": 0.3}
+    run(str(tmp_path / "images.parquet"), str(tmp_path / "out"), augment=augment, split={"train": 1.0, "eval": 0.0})
+    table = read_parquet(open_dataset(str(tmp_path / "out"))).sort_by([("id", "ascending"), ("augment_copy", "ascending")])
+    changed = 0
+    for original, copy in zip(table.slice(0).to_pylist()[::2], table.to_pylist()[1::2]):
+        assert original["id"] == copy["id"] and copy["augment_copy"] == 1
+        image = np.asarray(Image.open(io.BytesIO(copy["png"])))
+        assert image.shape == (8, 6, 3) and len(copy["raw"]) == 8 * 6 * 3
+        changed += copy["png"] != original["png"]
+        assert original["raw"] == rows[original["id"]]["raw"]  # originals untouched
+    assert changed >= 35
+
+
+def test_dataflow_job_builds_offline(raw, tmp_path) -> None:
+    proc = run_cli("pipeline", "run", "--input", raw, "--output", str(tmp_path / "df"), "--label", "label",
+                   "--runner", "DataflowRunner", "--project", "shardflow-test", "--region", "us-central1",
+                   "--temp_location", "gs://shardflow-test/tmp", "--dry_run=True")
+    assert "dry run" in proc.stdout
+    with pytest.raises(FileNotFoundError):
+        open_dataset(str(tmp_path / "df"))
+
+
+def test_cli_with_yaml_config_and_overrides(raw, tmp_path) -> None:
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(f"input: {raw}\noutput: {tmp_path / 'from-yaml'}\nlabel: label\nshards: 2\n"
+                      "split: {train: 0.9, eval: 0.1}\nformats: [parquet]\n")
+    proc = run_cli("pipeline", "run", str(config), "--engine", "dask", "--formats", "parquet,tfrecord", "--seed", "5")
+    assert "committed" in proc.stdout and "train" in proc.stdout
+    manifest = open_dataset(str(tmp_path / "from-yaml")).manifest
+    assert {s.format for s in manifest.shards} == {"parquet", "tfrecord"}
+    assert manifest.writer["params"]["seed"] == 5 and manifest.writer["params"]["split"]["eval"] == 0.1
+    bad = run_cli("pipeline", "run", str(config), "--split", "train=0.5", check=False)
+    assert bad.returncode == 2 and "train + eval + test must be 1" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_jsonl_input(tmp_path) -> None:
+    lines = [json.dumps({"id": i, "name": f"n{i}", "label": i % 2}) for i in range(50)] + ["{not json"]
+    (tmp_path / "in.jsonl").write_text("\n".join(lines) + "\n")
+    summary = run(str(tmp_path / "in.jsonl"), str(tmp_path / "out"), max_bad_fraction=0.1)
+    assert summary.rows_read == 51 and summary.bad_rows == 1 and summary.manifest.rows == 50
+
+
+def test_pipeline_output_on_every_backend(raw, location: Location) -> None:
+    run(raw, location.url, storage_options=location.storage_options, rows_per_shard=20_000)
+    assert open_dataset(location.url, storage_options=location.storage_options).verify() == []
