@@ -17,6 +17,10 @@ demo: $(VENV)/.installed
 	$(BIN)/shardflow data synth --rows 100000 --days 1 --start-date 2026-01-05 --rows-per-shard 50000 --append --output $(DEMO_DIR)/clicks
 	$(BIN)/shardflow data inspect $(DEMO_DIR)/clicks --max-shards 4
 	$(BIN)/shardflow data verify $(DEMO_DIR)/clicks
+	$(BIN)/shardflow pipeline run --engine beam --input $(DEMO_DIR)/clicks --output $(DEMO_DIR)/train \
+	    --label label --formats parquet,tfrecord --rows-per-shard 100000 --split train=0.8,eval=0.2
+	$(BIN)/shardflow data inspect $(DEMO_DIR)/train --max-shards 4
+	$(BIN)/shardflow data verify $(DEMO_DIR)/train
 	$(BIN)/shardflow data gc $(DEMO_DIR)/clicks
 
 test: $(VENV)/.installed-dev
@@ -25,6 +29,7 @@ test: $(VENV)/.installed-dev
 # Benchmarks print measured figures and ratios against a baseline run in the same process.
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/synth_bench.py
+	$(BIN)/python benchmarks/pipeline_bench.py
 
 install: $(VENV)/.installed
 	@:

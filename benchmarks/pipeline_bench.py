@@ -1,0 +1,121 @@
+"""Benchmark `shardflow pipeline run`: Beam and Dask rows/s against hand-written writers, and peak RSS.
+
+For N rows of synth data (Parquet input), measured in this process:
+  * baseline: read the input with pyarrow and write the same rows with one ``ParquetWriter``
+    (single-threaded), and with ``tf.io.TFRecordWriter`` (one ``tf.train.Example`` per row);
+  * Beam (DirectRunner, in memory) and Dask (LocalCluster, 2 worker processes) running the
+    pipeline to Parquet, and to TFRecord.
+Peak RSS (VmHWM) of a fresh process running the Beam pipeline at N and 10·N rows.
+
+Usage: python benchmarks/pipeline_bench.py [--rows N] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import pyarrow.parquet as pq
+
+from shardflow.pipelines.config import load_config
+from shardflow.pipelines.run import run_pipeline
+from shardflow.pipelines.synth import SynthConfig, synthesize
+from shardflow.storage import open_dataset
+
+_RSS_CHILD = """
+import re, sys
+from shardflow.pipelines.config import load_config
+from shardflow.pipelines.run import run_pipeline
+run_pipeline(load_config(None, {"input": sys.argv[1], "output": sys.argv[2], "label": "label",
+                                "rows_per_shard": int(sys.argv[3])}))
+print(re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1))
+"""
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def baseline_parquet(dataset_url: str, out: str) -> None:
+    dataset = open_dataset(dataset_url)
+    writer = None
+    for shard in dataset.manifest.shards:
+        for batch in pq.ParquetFile(dataset.shard_path(shard)).iter_batches(batch_size=65536):
+            writer = writer or pq.ParquetWriter(out, batch.schema, compression="snappy")
+            writer.write_batch(batch)
+    writer.close()
+
+
+def baseline_tfrecord(dataset_url: str, out: str) -> None:
+    import tensorflow as tf
+
+    dataset = open_dataset(dataset_url)
+    feature = tf.train.Feature
+    with tf.io.TFRecordWriter(out) as writer:
+        for shard in dataset.manifest.shards:
+            for row in pq.read_table(dataset.shard_path(shard)).to_pylist():
+                features = {}
+                for key, value in row.items():
+                    if value is None:
+                        continue
+                    if isinstance(value, str):
+                        features[key] = feature(bytes_list=tf.train.BytesList(value=[value.encode()]))
+                    elif isinstance(value, float):
+                        features[key] = feature(float_list=tf.train.FloatList(value=[value]))
+                    else:
+                        features[key] = feature(int64_list=tf.train.Int64List(value=[value]))
+                writer.write(tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=400_000)
+    parser.add_argument("--json", default="bench-results/pipeline.json")
+    args = parser.parse_args()
+    n = args.rows
+    per_shard = max(n // 8, 1000)
+    results: dict[str, float] = {"rows": n}
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = os.path.join(tmp, "raw")
+        synthesize(raw, SynthConfig(rows=n, days=8, rows_per_shard=per_shard))
+        results["baseline_parquet_rows_per_s"] = n / timed(lambda: baseline_parquet(raw, os.path.join(tmp, "b.parquet")))
+        results["baseline_tfrecord_rows_per_s"] = n / timed(lambda: baseline_tfrecord(raw, os.path.join(tmp, "b.tfrecord")))
+        for engine in ("beam", "dask"):
+            for fmt in ("parquet", "tfrecord"):
+                config = load_config(None, {"input": raw, "output": os.path.join(tmp, f"{engine}-{fmt}"),
+                                            "label": "label", "engine": engine, "formats": [fmt],
+                                            "rows_per_shard": per_shard, "dask_workers": 2})
+                results[f"{engine}_{fmt}_rows_per_s"] = n / timed(lambda: run_pipeline(config))
+                results[f"{engine}_{fmt}_over_baseline"] = (results[f"{engine}_{fmt}_rows_per_s"]
+                                                            / results[f"baseline_{fmt}_rows_per_s"])
+        big = os.path.join(tmp, "raw10")
+        synthesize(big, SynthConfig(rows=10 * n, days=80, rows_per_shard=per_shard))
+        for label, source in (("n", raw), ("10n", big)):
+            out = subprocess.run([sys.executable, "-c", _RSS_CHILD, source, os.path.join(tmp, f"rss-{label}"),
+                                  str(per_shard)], capture_output=True, text=True, check=True)
+            results[f"beam_peak_rss_mib_{label}"] = int(out.stdout.split()[-1]) / 1024
+        results["rss_10n_over_n"] = results["beam_peak_rss_mib_10n"] / results["beam_peak_rss_mib_n"]
+    os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
+    with open(args.json, "w") as f:
+        json.dump(results, f, indent=1)
+    print(f"pipeline benchmark, {n:,} rows of synth data, {os.cpu_count()} cores")
+    print(f"  {'':28s}{'rows/s':>12s}{'x baseline':>12s}")
+    for fmt in ("parquet", "tfrecord"):
+        print(f"  {'baseline ' + fmt:28s}{results[f'baseline_{fmt}_rows_per_s']:>12,.0f}{1:>12.2f}")
+        for engine in ("beam", "dask"):
+            print(f"  {engine + ' ' + fmt:28s}{results[f'{engine}_{fmt}_rows_per_s']:>12,.0f}"
+                  f"{results[f'{engine}_{fmt}_over_baseline']:>12.2f}")
+    print(f"  peak RSS (Beam) at N {results['beam_peak_rss_mib_n']:.0f} MiB, at 10N "
+          f"{results['beam_peak_rss_mib_10n']:.0f} MiB: ratio {results['rss_10n_over_n']:.2f}")
+    print(f"  written to {args.json}")
+
+
+if __name__ == "__main__":
+    main()
