@@ -3,8 +3,8 @@
 For N rows of synth data (Parquet input), measured in this process:
   * baseline: read the input with pyarrow and write the same rows with one ``ParquetWriter``
     (single-threaded), and with ``tf.io.TFRecordWriter`` (one ``tf.train.Example`` per row);
-  * Beam (DirectRunner, in memory) and Dask (LocalCluster, 2 worker processes) running the
-    pipeline to Parquet, and to TFRecord.
+  * Beam (DirectRunner in memory, and multi-processing with 2 workers) and Dask (LocalCluster,
+    2 worker processes) running the pipeline to Parquet, and to TFRecord.
 Peak RSS (VmHWM) of a fresh process running the Beam pipeline at N and 10·N rows.
 
 Usage: python benchmarks/pipeline_bench.py [--rows N] [--json PATH]
@@ -35,6 +35,13 @@ run_pipeline(load_config(None, {"input": sys.argv[1], "output": sys.argv[2], "la
                                 "rows_per_shard": int(sys.argv[3])}))
 print(re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1))
 """
+
+
+ENGINES = {  # name -> settings
+    "beam": {"engine": "beam"},  # DirectRunner, in memory (one thread)
+    "beam-2proc": {"engine": "beam", "direct_running_mode": "multi_processing", "direct_num_workers": 2},
+    "dask": {"engine": "dask", "dask_workers": 2},  # LocalCluster, 2 worker processes
+}
 
 
 def timed(fn) -> float:
@@ -87,11 +94,11 @@ def main() -> None:
         synthesize(raw, SynthConfig(rows=n, days=8, rows_per_shard=per_shard))
         results["baseline_parquet_rows_per_s"] = n / timed(lambda: baseline_parquet(raw, os.path.join(tmp, "b.parquet")))
         results["baseline_tfrecord_rows_per_s"] = n / timed(lambda: baseline_tfrecord(raw, os.path.join(tmp, "b.tfrecord")))
-        for engine in ("beam", "dask"):
+        for engine in ENGINES:
             for fmt in ("parquet", "tfrecord"):
                 config = load_config(None, {"input": raw, "output": os.path.join(tmp, f"{engine}-{fmt}"),
-                                            "label": "label", "engine": engine, "formats": [fmt],
-                                            "rows_per_shard": per_shard, "dask_workers": 2})
+                                            "label": "label", "formats": [fmt], "rows_per_shard": per_shard,
+                                            **ENGINES[engine]})
                 results[f"{engine}_{fmt}_rows_per_s"] = n / timed(lambda: run_pipeline(config))
                 results[f"{engine}_{fmt}_over_baseline"] = (results[f"{engine}_{fmt}_rows_per_s"]
                                                             / results[f"baseline_{fmt}_rows_per_s"])
@@ -109,7 +116,7 @@ def main() -> None:
     print(f"  {'':28s}{'rows/s':>12s}{'x baseline':>12s}")
     for fmt in ("parquet", "tfrecord"):
         print(f"  {'baseline ' + fmt:28s}{results[f'baseline_{fmt}_rows_per_s']:>12,.0f}{1:>12.2f}")
-        for engine in ("beam", "dask"):
+        for engine in ENGINES:
             print(f"  {engine + ' ' + fmt:28s}{results[f'{engine}_{fmt}_rows_per_s']:>12,.0f}"
                   f"{results[f'{engine}_{fmt}_over_baseline']:>12.2f}")
     print(f"  peak RSS (Beam) at N {results['beam_peak_rss_mib_n']:.0f} MiB, at 10N "

@@ -26,9 +26,22 @@ def raw(tmp_path_factory) -> str:
     return url
 
 
-def run(input_url: str, output: str, **settings) -> object:
+def run(input_url: str, output: str, progress=None, **settings) -> object:
     return run_pipeline(load_config(None, {"input": input_url, "output": output, "label": "label",
-                                           "rows_per_shard": 7000, "seed": 1, **settings}))
+                                           "rows_per_shard": 7000, "seed": 1, **settings}), progress=progress)
+
+
+class Events:
+    """Records progress events as the CLI's progress bar would receive them."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, dict]] = []
+
+    def __call__(self, event: str, **counts: int) -> None:
+        self.seen.append((event, counts))
+
+    def count(self, event: str) -> int:
+        return sum(1 for e, _ in self.seen if e == event)
 
 
 def checksums(url: str, **options) -> list[tuple[str, str, str]]:
@@ -36,8 +49,14 @@ def checksums(url: str, **options) -> list[tuple[str, str, str]]:
 
 
 def test_beam_and_dask_write_the_same_shards(raw, tmp_path) -> None:
-    beam = run(raw, str(tmp_path / "beam"), engine="beam", formats=["parquet", "tfrecord"])
-    dask = run(raw, str(tmp_path / "dask"), engine="dask", formats=["parquet", "tfrecord"])
+    beam_events, dask_events = Events(), Events()
+    beam = run(raw, str(tmp_path / "beam"), engine="beam", formats=["parquet", "tfrecord"], progress=beam_events)
+    dask = run(raw, str(tmp_path / "dask"), engine="dask", formats=["parquet", "tfrecord"], progress=dask_events)
+    for events in (beam_events, dask_events):  # progress: every input file read, every shard written
+        plan = dict(events.seen[0][1])
+        assert events.seen[0][0] == "plan" and events.count("file") == plan["files"] == 9
+        assert events.count("shard") == plan["shards"]
+        assert sum(c.get("rows", 0) for e, c in events.seen if e == "file") == 30_000
     multi = run(raw, str(tmp_path / "multi"), engine="beam", formats=["parquet", "tfrecord"],
                 direct_running_mode="multi_processing", direct_num_workers=2)
     assert checksums(str(tmp_path / "beam")) == checksums(str(tmp_path / "dask")) == checksums(str(tmp_path / "multi"))

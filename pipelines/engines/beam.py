@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 import logging
+import threading
 from collections.abc import Iterator
 
 import apache_beam as beam
@@ -17,6 +18,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.runner import PipelineState
 
 from shardflow.storage import resolve
+from shardflow.storage.commit import publish_bytes
 from shardflow.storage.urls import join_url, translate_errors
 
 from ..stages import MapResult, Plan, map_file, reduce_shard
@@ -36,11 +38,11 @@ def beam_options(plan: Plan) -> PipelineOptions:
 
 
 def _save(plan: Plan, name: str, payload: bytes) -> None:
+    """Leave a result for the launcher, whole or not at all (it polls for them while the job runs)."""
     url = join_url(plan.staging, "results", name)
     fs, path = resolve(url, plan.config.storage_options)
     with translate_errors(url, plan.config.storage_options):
-        fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-        fs.pipe_file(path, payload)
+        publish_bytes(fs, path, payload)
 
 
 class _MapFile(beam.DoFn):
@@ -80,24 +82,58 @@ def build_pipeline(plan: Plan) -> beam.Pipeline:
 
 
 class BeamEngine:
+    """Runs the pipeline in a background thread and reports progress from the results it leaves."""
+
+    poll_seconds = 0.5
+
     def run(self, plan: Plan, progress: Progress) -> tuple[list[MapResult], list[ShardRecord]]:
-        result = build_pipeline(plan).run()
-        state = result.wait_until_finish()
-        if state != PipelineState.DONE:
-            raise RuntimeError(f"The Beam pipeline ended in state {state}; nothing was committed.")
-        fs, path = resolve(join_url(plan.staging, "results"), plan.config.storage_options)
-        fs.invalidate_cache(path)
+        outcome: dict[str, object] = {}
+
+        def execute() -> None:
+            try:
+                outcome["state"] = build_pipeline(plan).run().wait_until_finish()
+            except BaseException as e:  # re-raised in the caller below
+                outcome["error"] = e
+
+        worker = threading.Thread(target=execute, name="beam-pipeline", daemon=True)
+        worker.start()
+        seen: dict[str, bytes] = {}
         maps: list[MapResult] = []
         records: list[ShardRecord] = []
-        for name in sorted(fs.ls(path, detail=False)) if fs.exists(path) else []:
-            data = fs.cat_file(name)
-            if name.rsplit("/", 1)[-1].startswith("map-"):
-                fields = json.loads(data)
-                fields["pieces"] = [tuple(p) for p in fields["pieces"]]
-                maps.append(MapResult(**fields))
-                progress("file", rows=maps[-1].rows_read, bad=maps[-1].bad_rows)
-            else:
-                for split, shard, fmt, shard_json in json.loads(data):
-                    records.append((split, shard, fmt, shard_json))
-                progress("shard", rows=records[-1][3]["rows"] if records else 0)
+        while True:
+            finished = not worker.is_alive()
+            for name, data in self._new_results(plan, seen):
+                if name.startswith("map-"):
+                    fields = json.loads(data)
+                    fields["pieces"] = [tuple(p) for p in fields["pieces"]]
+                    maps.append(MapResult(**fields))
+                    progress("file", rows=maps[-1].rows_read, bad=maps[-1].bad_rows)
+                else:
+                    done = [tuple(r) for r in json.loads(data)]
+                    records.extend(done)  # type: ignore[arg-type]
+                    progress("shard", rows=done[0][3]["rows"] if done else 0)
+            if finished:
+                break
+            worker.join(self.poll_seconds)
+        if "error" in outcome:
+            raise outcome["error"]  # type: ignore[misc]
+        if outcome.get("state") != PipelineState.DONE:
+            raise RuntimeError(f"The Beam pipeline ended in state {outcome.get('state')}; nothing was committed.")
         return maps, records
+
+    @staticmethod
+    def _new_results(plan: Plan, seen: dict[str, bytes]) -> list[tuple[str, bytes]]:
+        fs, path = resolve(join_url(plan.staging, "results"), plan.config.storage_options)
+        fs.invalidate_cache(path)
+        try:
+            names = sorted(fs.ls(path, detail=False))
+        except FileNotFoundError:
+            return []
+        fresh = []
+        for name in names:
+            base = name.rstrip("/").rsplit("/", 1)[-1]
+            if base in seen or base.startswith(".") or not base.endswith(".json"):
+                continue
+            seen[base] = fs.cat_file(name)
+            fresh.append((base, seen[base]))
+        return fresh
