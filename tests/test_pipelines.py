@@ -252,3 +252,43 @@ def test_jsonl_input(tmp_path) -> None:
 def test_pipeline_output_on_every_backend(raw, location: Location) -> None:
     run(raw, location.url, storage_options=location.storage_options, rows_per_shard=20_000)
     assert open_dataset(location.url, storage_options=location.storage_options).verify() == []
+
+
+def test_s3_to_s3_with_a_glob_split_key_and_gzip(s3_server, tmp_path) -> None:
+    options = s3_server.storage_options
+    rows = [{"user": f"u{i % 37}", "x": float(i), "label": i % 2} for i in range(3000)]
+    table = pa.Table.from_pylist(rows)
+    fs, _ = __import__("shardflow.storage", fromlist=["resolve"]).resolve(f"s3://{s3_server.bucket}", options)
+    for part in range(3):
+        buffer = io.BytesIO()
+        pq.write_table(table.slice(part * 1000, 1000), buffer)
+        fs.pipe_file(f"{s3_server.bucket}/glob-in/part-{part}.parquet", buffer.getvalue())
+    fs.pipe_file(f"{s3_server.bucket}/glob-in/notes.txt", b"not matched by the glob")
+    out = f"s3://{s3_server.bucket}/glob-out"
+    summary = run(f"s3://{s3_server.bucket}/glob-in/*.parquet", out, storage_options=options, engine="dask",
+                  formats=["parquet", "tfrecord"], tfrecord_gzip=True, split={"train": 0.7, "eval": 0.3, "key": "user"},
+                  rows_per_shard=None, bytes_per_shard=20_000)
+    assert summary.rows_read == 3000
+    dataset = open_dataset(out, storage_options=options)
+    train_users = set(read_parquet(dataset, "train").column("user").to_pylist())
+    eval_users = set(read_parquet(dataset, "eval").column("user").to_pylist())
+    assert train_users and eval_users and not train_users & eval_users  # one key, one split
+    assert {s.format for s in dataset.manifest.shards} == {"parquet", "tfrecord.gz"}
+    assert len([s for s in dataset.manifest.shards if s.format == "parquet"]) > 2  # sized by bytes
+    import tensorflow as tf
+
+    shard = next(s for s in dataset.manifest.shards if s.format == "tfrecord.gz")
+    with dataset.open_shard(shard) as f:
+        local = tmp_path / "shard.tfrecord.gz"
+        local.write_bytes(f.read())
+    assert sum(1 for _ in tf.data.TFRecordDataset(str(local), compression_type="GZIP")) == shard.rows
+
+
+def test_dask_address_joins_an_existing_cluster(raw, tmp_path) -> None:
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        run(raw, str(tmp_path / "joined"), engine="dask", dask_address=cluster.scheduler_address)
+        assert len(cluster.workers) == 1  # the job ran on this cluster and left it running
+    run(raw, str(tmp_path / "local"), engine="dask")
+    assert checksums(str(tmp_path / "joined")) == checksums(str(tmp_path / "local"))
