@@ -67,6 +67,15 @@ def _parse_duration(text: str) -> float:
     return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
 
 
+def _rows_text(manifest: Any) -> str:
+    """Rows of the dataset; when it holds several formats, each has all the rows once."""
+    formats = sorted({s.format for s in manifest.shards})
+    if len(formats) <= 1:
+        return f"{manifest.rows:,} rows"
+    per_format = sum(s.rows for s in manifest.shards if s.format == formats[0])
+    return f"{per_format:,} rows in each of {len(formats)} formats ({', '.join(formats)})"
+
+
 def _splits_table(manifest: Any, title: str) -> Table:
     """Shards, rows and bytes per split and format (each format holds the same rows)."""
     groups: dict[tuple[str, str], list[int]] = {}
@@ -131,7 +140,7 @@ def data_inspect(
         print(m.to_json(), end="")
         return
     out.print(f"[bold]{redact_url(url)}[/]  version {m.version}, created {m.created_at} by {m.writer.get('name')}")
-    out.print(f"{m.rows:,} rows, {len(m.shards)} shards, {_human_bytes(m.bytes)}")
+    out.print(f"{_rows_text(m)}, {len(m.shards)} shards, {_human_bytes(m.bytes)}")
     out.print(_splits_table(m, "splits"))
     if max_shards:
         shards = Table(title=f"shards ({min(max_shards, len(m.shards))} of {len(m.shards)})")
@@ -170,7 +179,7 @@ def data_verify(
         err.print(f"[red]BAD[/] {p.url}: {p.problem}")
     if problems:
         raise CommandFailed(f"{redact_url(url)}: {len(problems)} of {len(m.shards)} shards are bad.")
-    out.print(f"[green]ok[/] {redact_url(url)} version {m.version}: {len(m.shards)} shards, {m.rows:,} rows, "
+    out.print(f"[green]ok[/] {redact_url(url)} version {m.version}: {len(m.shards)} shards, {_rows_text(m)}, "
               f"{_human_bytes(m.bytes)} verified")
 
 
