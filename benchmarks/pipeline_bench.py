@@ -99,7 +99,7 @@ def main() -> None:
                 config = load_config(None, {"input": raw, "output": os.path.join(tmp, f"{engine}-{fmt}"),
                                             "label": "label", "formats": [fmt], "rows_per_shard": per_shard,
                                             **ENGINES[engine]})
-                results[f"{engine}_{fmt}_rows_per_s"] = n / timed(lambda: run_pipeline(config))
+                results[f"{engine}_{fmt}_rows_per_s"] = n / timed(lambda config=config: run_pipeline(config))
                 results[f"{engine}_{fmt}_over_baseline"] = (results[f"{engine}_{fmt}_rows_per_s"]
                                                             / results[f"baseline_{fmt}_rows_per_s"])
         big = os.path.join(tmp, "raw10")

@@ -96,7 +96,7 @@ def _augment_tabular(table: pa.Table, ids: np.ndarray, copy: int, config: Augmen
     maskable = set(config.mask_columns) if config.mask_columns is not None else {f.name for f in features}
     image_columns = set(config.image_columns)
     columns = []
-    for index, field in enumerate(table.schema):
+    for field in table.schema:
         column = table.column(field.name).combine_chunks()
         tag = _text_hash(field.name)
         if field.name in noisy and config.noise_std > 0 and field.name not in image_columns:

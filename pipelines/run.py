@@ -78,7 +78,7 @@ def run_pipeline(config: PipelineConfig, *, progress: Callable[..., None] | None
                     f"`max_bad_fraction` {config.max_bad_fraction:g}; nothing committed. Reasons: {top}. "
                     f"The rows and reasons are in {redact_url(dead)}.")
             split_order = {s: i for i, s in enumerate(plan.splits)}
-            for split, shard, _fmt, shard_json in sorted(records, key=lambda r: (split_order[r[0]], r[1], r[2])):
+            for split, _shard, _fmt, shard_json in sorted(records, key=lambda r: (split_order[r[0]], r[1], r[2])):
                 writer.add(Shard.from_json(shard_json, where=redact_url(config.output)))
                 summary.shards[split] = summary.shards.get(split, 0) + 1
             metadata = {"pipeline": {

@@ -75,7 +75,7 @@ def test_remote_errors_name_the_url_and_hide_secrets(s3_server) -> None:
     url = f"s3://{s3_server.bucket}/no-dataset-here"
     proc = run_cli("data", "inspect", url, *s3_server.cli_options, check=False)
     assert proc.returncode == 2 and url in proc.stderr and TEST_SECRET not in proc.stderr
-    unreachable = ["-o", "endpoint_url=http://127.0.0.1:9", "-o", f"key=k", "-o", f"secret={TEST_SECRET}",
+    unreachable = ["-o", "endpoint_url=http://127.0.0.1:9", "-o", "key=k", "-o", f"secret={TEST_SECRET}",
                    "-o", "config_kwargs.retries.max_attempts=1", "-o", "client_kwargs.region_name=us-east-1"]
     proc = run_cli("data", "verify", "s3://bucket/x", *unreachable, check=False, timeout=120)
     assert proc.returncode == 2 and "s3://bucket/x" in proc.stderr, proc.stderr

@@ -57,7 +57,7 @@ def test_beam_and_dask_write_the_same_shards(raw, tmp_path) -> None:
         assert events.seen[0][0] == "plan" and events.count("file") == plan["files"] == 9
         assert events.count("shard") == plan["shards"]
         assert sum(c.get("rows", 0) for e, c in events.seen if e == "file") == 30_000
-    multi = run(raw, str(tmp_path / "multi"), engine="beam", formats=["parquet", "tfrecord"],
+    run(raw, str(tmp_path / "multi"), engine="beam", formats=["parquet", "tfrecord"],
                 direct_running_mode="multi_processing", direct_num_workers=2)
     assert checksums(str(tmp_path / "beam")) == checksums(str(tmp_path / "dask")) == checksums(str(tmp_path / "multi"))
     manifest = beam.manifest
@@ -178,7 +178,7 @@ def test_tabular_augmentation_is_seeded_and_only_for_training_rows(raw, tmp_path
     settings = {"augment": {"copies": 2, "noise_std": 0.5, "mask_prob": 0.1,
                             "functions": ["tests.helpers.augmentations:double_i1"]}}
     a = run(raw, str(tmp_path / "a"), **settings)
-    b = run(raw, str(tmp_path / "b"), engine="dask", **settings)
+    run(raw, str(tmp_path / "b"), engine="dask", **settings)
     assert checksums(str(tmp_path / "a")) == checksums(str(tmp_path / "b"))
     dataset = open_dataset(str(tmp_path / "a"))
     train, evaluation = read_parquet(dataset, "train"), read_parquet(dataset, "eval")
