@@ -149,10 +149,13 @@ def map_file(plan: Plan, index: int) -> MapResult:
                     part = part.append_column(COPY_COLUMN, pa.array(np.zeros(part.num_rows, np.int32)))
             keys = mix(part_ids, config.seed, 0x5AFF1E)
             shard_of = keys % np.uint64(plan.shards[split])
-            part = part.append_column(_KEY, pa.array(keys))
+            order = np.argsort(shard_of, kind="stable")  # one gather, then each shard is a slice
+            part = part.append_column(_KEY, pa.array(keys)).take(pa.array(order))
+            bounds = np.searchsorted(shard_of[order], np.arange(plan.shards[split] + 1, dtype=np.uint64))
             result.rows_out[split] = result.rows_out.get(split, 0) + part.num_rows
-            for shard in np.unique(shard_of).tolist():
-                pieces.setdefault((split, shard), []).append(part.filter(pa.array(shard_of == shard)))
+            for shard in range(plan.shards[split]):
+                if bounds[shard + 1] > bounds[shard]:
+                    pieces.setdefault((split, shard), []).append(part.slice(bounds[shard], bounds[shard + 1] - bounds[shard]))
     for (split, shard), tables in sorted(pieces.items()):
         url = join_url(plan.staging, "pieces", split, f"{shard:05d}", f"{index:07d}.arrow")
         _write_ipc(url, pa.concat_tables(tables), config.storage_options)
