@@ -91,8 +91,7 @@ def list_inputs(url: str, *, input_format: str | None = None,
         if fmt is None:
             raise ValueError(f"Cannot tell the format of {redact_url(join_url(url, relative))}; "
                              "pass `input_format` (csv, jsonl, parquet).")
-        prefix = url[: len(url) - len(url.lstrip("/").split("://", 1)[-1])] if "://" in url else ""
-        file_url = f"{prefix}{path}" if prefix else path
+        file_url = fs.unstrip_protocol(path) if "://" in url else path
         inputs.append(InputFile(file_url, relative, fmt, _partition(relative)))
     if not inputs:
         raise FileNotFoundError(f"No input files at {shown}.")

@@ -27,7 +27,7 @@ def _client(plan: Plan) -> Iterator[Client]:
     if quiet:  # a local cluster's start/stop chatter is noise unless asked for
         logging.getLogger("distributed").setLevel(logging.ERROR)
     with LocalCluster(n_workers=config.dask_workers, threads_per_worker=1, processes=True,
-                      dashboard_address=None, silence_logs=logging.ERROR if quiet else logging.INFO) as cluster, \
+                      dashboard_address=None, silence_logs=logging.CRITICAL if quiet else logging.INFO) as cluster, \
             Client(cluster) as client:
         yield client
 
