@@ -37,6 +37,8 @@ class InputFile:
     relative: str
     format: str
     partition: dict[str, str] = field(default_factory=dict)
+    rows: int | None = None  # known for a committed dataset's shards
+    bytes: int | None = None
 
 
 def _format_of(path: str, declared: str | None) -> str | None:
@@ -75,7 +77,7 @@ def list_inputs(url: str, *, input_format: str | None = None,
             except FileNotFoundError:
                 dataset = None
             if dataset is not None:
-                return [InputFile(dataset.shard_url(s), s.path, s.format, dict(s.partition))
+                return [InputFile(dataset.shard_url(s), s.path, s.format, dict(s.partition), s.rows, s.bytes)
                         for s in dataset.manifest.shards]
             base = root
             paths = sorted(p for p in fs.find(root) if not any(

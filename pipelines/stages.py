@@ -95,6 +95,8 @@ def make_plan(config: PipelineConfig, run_token: str) -> Plan:
     """List inputs, fix the schema, and size the shards from the input (exact rows for a
     committed dataset, else estimated from the first file's rows per byte).
 
+    A committed dataset's shards carry their row counts, so nothing is read twice.
+
     Raises:
         ValueError: the label or split key is not a column, naming it.
     """
@@ -104,12 +106,16 @@ def make_plan(config: PipelineConfig, run_token: str) -> Plan:
     for role, name in (("label", config.label), ("split.key", config.split.key)):
         if name is not None and name not in schema.names:
             raise ValueError(f"Invalid value for `{role}`: {name!r}. Columns are {schema.names}.")
-    first = read_input(inputs[0], schema=schema, batch_rows=config.batch_rows, storage_options=options)
-    first_rows = sum(b.num_rows for _, b in first.batches)
-    bytes_per_row = sum(b.nbytes for _, b in first.batches) / max(first_rows, 1)
-    fs, _ = resolve(inputs[0].url, options)
-    sizes = [fs.size(resolve(i.url, options)[1]) for i in inputs]
-    rows = first_rows * sum(sizes) / max(sizes[0], 1)
+    known = all(i.rows is not None for i in inputs)  # a committed dataset: its manifest has the counts
+    if known and not config.bytes_per_shard:
+        rows, bytes_per_row = float(sum(i.rows for i in inputs)), 0.0
+    else:  # estimate from the first file: its rows (and their in-memory size) per byte of input
+        first = read_input(inputs[0], schema=schema, batch_rows=config.batch_rows, storage_options=options)
+        first_rows = sum(b.num_rows for _, b in first.batches)
+        bytes_per_row = sum(b.nbytes for _, b in first.batches) / max(first_rows, 1)
+        fs, _ = resolve(inputs[0].url, options)
+        sizes = [i.bytes if i.bytes is not None else fs.size(resolve(i.url, options)[1]) for i in inputs]
+        rows = first_rows * sum(sizes) / max(sizes[0], 1)
     output_schema = schema.append(pa.field(COPY_COLUMN, pa.int32(), nullable=False)) if config.augment.enabled else schema
     return Plan(config=config, inputs=tuple(inputs), schema=schema, output_schema=output_schema,
                 shards=_shard_counts(config, rows, bytes_per_row),
