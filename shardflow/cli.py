@@ -22,8 +22,6 @@ from shardflow.storage import (
 )
 from shardflow.storage.urls import redact_text
 
-DEAD_LETTER_DIR = "_dead_letter"
-
 app = typer.Typer(help="shardflow: shard, augment and stream big training data.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
 data_app = typer.Typer(help="Synthesize, inspect, verify and garbage-collect datasets.", no_args_is_help=True)
@@ -246,7 +244,7 @@ def pipeline_run(
     Unknown --options are passed to Beam (--project, --region, --temp_location, --dry_run=True ...).
     """
     from shardflow.pipelines.config import load_config
-    from shardflow.pipelines.run import run_pipeline
+    from shardflow.pipelines.run import DEAD_LETTER_DIR, run_pipeline
 
     overrides: dict[str, Any] = {
         "input": input, "output": output, "engine": engine, "runner": runner, "dask_address": dask_address,

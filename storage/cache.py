@@ -26,7 +26,7 @@ from .commit import checksum_stream, temp_token
 from .dataset import Dataset
 from .errors import ChecksumMismatchError
 from .manifest import Shard
-from .urls import redact_url, translate_errors
+from .urls import redact_url
 
 __all__ = ["ShardCache", "CacheStats"]
 
@@ -135,20 +135,17 @@ class ShardCache:
         """Fetch into ``tmp/<key>.<token>``; the caller holds the entry's exclusive lock."""
         tmp = os.path.join(self.directory, "tmp", f"{self._key(shard)}.{temp_token()}{_suffix(shard)}")
         try:
-            with translate_errors(dataset.shard_url(shard), dataset.storage_options), \
-                    dataset.fs.open(dataset.shard_path(shard), "rb", block_size=_BLOCK) as src, \
-                    open(tmp, "wb") as dst:
+            with dataset.open_shard(shard, block_size=_BLOCK) as src, open(tmp, "wb") as dst:
                 def read(n: int) -> bytes:
                     block = src.read(n)
                     dst.write(block)
                     return block
 
                 checksum, size = checksum_stream(read)
-            if size != shard.bytes or checksum != shard.checksum:
+            problem = shard.mismatch(checksum, size)
+            if problem:
                 raise ChecksumMismatchError(
-                    f"{redact_url(dataset.shard_url(shard))}: fetched {size} bytes with checksum {checksum}; "
-                    f"manifest says {shard.bytes} bytes, {shard.checksum}. The shard is corrupt."
-                )
+                    f"{redact_url(dataset.shard_url(shard))}: fetched bytes do not match: {problem}. The shard is corrupt.")
             os.replace(tmp, final)
         finally:
             with contextlib.suppress(FileNotFoundError):

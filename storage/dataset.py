@@ -14,13 +14,14 @@ fails and it raises ``FileExistsError`` having committed nothing.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import logging
 import os
 import posixpath
 import shutil
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -40,6 +41,7 @@ __all__ = [
     "ShardProblem",
     "open_dataset",
     "publish_shard",
+    "read_version",
     "STAGING_DIR",
 ]
 
@@ -132,15 +134,23 @@ def committed_versions(fs: fsspec.AbstractFileSystem, root: str) -> list[int]:
     return sorted(v for v in versions if v is not None)
 
 
+def read_version(fs: fsspec.AbstractFileSystem, root: str, url: str, version: int) -> Manifest | None:
+    """Manifest ``version`` of the dataset at ``root``, or None if that version was never committed."""
+    name = history_name(version)
+    manifest = _read_manifest(fs, posixpath.join(root, name), join_url(url, name))
+    if manifest is not None and manifest.version != version:
+        raise ManifestError(f"{redact_url(join_url(url, name))}: names version {manifest.version}.")
+    return manifest
+
+
 def latest_manifest(fs: fsspec.AbstractFileSystem, root: str, url: str) -> Manifest | None:
     """The latest committed manifest, or None when nothing was ever committed."""
     versions = committed_versions(fs, root)
     if not versions:
         return None
-    name = history_name(versions[-1])
-    manifest = _read_manifest(fs, posixpath.join(root, name), join_url(url, name))
-    if manifest is None or manifest.version != versions[-1]:
-        raise ManifestError(f"{redact_url(join_url(url, name))}: missing or names another version.")
+    manifest = read_version(fs, root, url, versions[-1])
+    if manifest is None:
+        raise ManifestError(f"{redact_url(join_url(url, history_name(versions[-1])))}: listed but unreadable.")
     return manifest
 
 
@@ -214,9 +224,8 @@ class DatasetWriter:
         """The version this write started from (None for a new dataset)."""
         if not self._base_version:
             return None
-        name = history_name(self._base_version)
         with translate_errors(self.url, self.storage_options):
-            return _read_manifest(self.fs, posixpath.join(self.root, name), join_url(self.url, name))
+            return read_version(self.fs, self.root, self.url, self._base_version)
 
     def publish(self, local_path: str, *, split: str, rows: int, format: str,
                 partition: Mapping[str, str] | None = None) -> Shard:
@@ -361,26 +370,25 @@ class Dataset:
         """The shard's path inside :attr:`fs`."""
         return posixpath.join(self.root, check_relative_path(shard.path, where=redact_url(self.url)))
 
-    def open_shard(self, shard: Shard, mode: str = "rb", **kwargs: Any) -> Any:
-        with translate_errors(self.shard_url(shard), self.storage_options):
-            return self.fs.open(self.shard_path(shard), mode, **kwargs)
+    @contextlib.contextmanager
+    def open_shard(self, shard: Shard, mode: str = "rb", **kwargs: Any) -> Iterator[Any]:
+        """Open a shard; errors while opening *or reading* name its URL (vendor errors translated)."""
+        with translate_errors(self.shard_url(shard), self.storage_options), \
+                self.fs.open(self.shard_path(shard), mode, **kwargs) as f:
+            yield f
 
     def check_shard(self, shard: Shard, on_bytes: Callable[[int], None] | None = None) -> ShardProblem | None:
         """Read a shard fully; return what is wrong with it, or None."""
         url = redact_url(self.shard_url(shard))
         try:
-            with translate_errors(self.shard_url(shard), self.storage_options), \
-                    self.fs.open(self.shard_path(shard), "rb", block_size=4 << 20) as f:
+            with self.open_shard(shard, block_size=4 << 20) as f:
                 checksum, size = checksum_stream(f.read, on_bytes)
         except FileNotFoundError:
             return ShardProblem(shard, url, "missing")
         except OSError as e:
             return ShardProblem(shard, url, f"unreadable: {e}")
-        if size != shard.bytes:
-            return ShardProblem(shard, url, f"size {size} bytes, manifest says {shard.bytes}")
-        if checksum != shard.checksum:
-            return ShardProblem(shard, url, f"checksum {checksum}, manifest says {shard.checksum}")
-        return None
+        problem = shard.mismatch(checksum, size)
+        return ShardProblem(shard, url, problem) if problem else None
 
     def verify(self, *, workers: int = 8, on_bytes: Callable[[int], None] | None = None,
                raise_on_error: bool = False) -> list[ShardProblem]:
@@ -419,9 +427,8 @@ def open_dataset(url: str, *, storage_options: Mapping[str, Any] | None = None,
             if manifest is None:
                 raise FileNotFoundError(f"No committed dataset at {shown}: no manifest under {HISTORY_DIR}/.")
         else:
-            name = history_name(version)
-            manifest = _read_manifest(fs, posixpath.join(root, name), join_url(url, name))
-            if manifest is None or manifest.version != version:
+            manifest = read_version(fs, root, url, version)
+            if manifest is None:
                 raise FileNotFoundError(f"{shown}: no committed version {version} "
                                         f"(committed: {committed_versions(fs, root) or 'none'}).")
     return Dataset(url, manifest, storage_options=storage_options)

@@ -19,8 +19,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .dataset import SHARD_PREFIX, STAGING_DIR, _read_manifest, committed_versions
-from .manifest import HISTORY_DIR, MANIFEST_NAME, Manifest, history_name, parse_history_name
+from .dataset import SHARD_PREFIX, STAGING_DIR, committed_versions, latest_manifest, read_version
+from .manifest import HISTORY_DIR, MANIFEST_NAME, Manifest, parse_history_name
 from .urls import is_local, join_url, redact_url, resolve, translate_errors
 
 __all__ = ["GcReport", "collect_garbage"]
@@ -94,7 +94,7 @@ def collect_garbage(
         if not versions and not force:
             raise FileNotFoundError(f"No committed dataset at {redact_url(url)}; refusing to gc "
                                     "(use force to clean up after a first write that never committed).")
-        manifests = {v: _read_manifest(fs, posixpath.join(root, history_name(v)), url) for v in versions}
+        manifests = {v: read_version(fs, root, url, v) for v in versions}
         dropped = set()
         if keep_versions and len(versions) > keep_versions:
             for older, newer in zip(versions[:-keep_versions], versions[1:]):
@@ -131,10 +131,9 @@ def collect_garbage(
             doomed.append((rel, path, int(info.get("size") or 0)))
 
         # A writer may have committed while we listed: never delete what the latest version references.
-        latest = committed_versions(fs, root)
-        if latest and latest[-1] != (versions[-1] if versions else None):
-            newest = _read_manifest(fs, posixpath.join(root, history_name(latest[-1])), url)
-            referenced |= {s.path for s in newest.shards} if newest else set()
+        newest = latest_manifest(fs, root, url)
+        if newest is not None and newest.version not in manifests:
+            referenced |= {s.path for s in newest.shards}
         for rel, path, size in doomed:
             if rel in referenced:
                 continue

@@ -77,6 +77,14 @@ class Shard:
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
+    def mismatch(self, checksum: str, size: int) -> str | None:
+        """What is wrong with bytes of this ``checksum`` and ``size`` as this shard, or None."""
+        if size != self.bytes:
+            return f"size {size} bytes, manifest says {self.bytes}"
+        if checksum != self.checksum:
+            return f"checksum {checksum}, manifest says {self.checksum}"
+        return None
+
     @classmethod
     def from_json(cls, data: dict[str, Any], *, where: str) -> Shard:
         try:

@@ -164,6 +164,10 @@ def test_values_round_trip_exactly_in_parquet_duckdb_and_tfrecord(tmp_path) -> N
                                         default_value=f["default"])
             for name, f in dataset.manifest.feature_spec.items()}
     tf_shard = next(s for s in dataset.manifest.shards if s.format == "tfrecord")
+    from shardflow.storage.tfrecord import read_tfrecords
+
+    with dataset.open_shard(tf_shard) as f:  # storage's own reader checks both CRCs of every record
+        assert sum(1 for _ in read_tfrecords(f, where=tf_shard.path)) == tf_shard.rows == 4
     batch = next(iter(tf.data.TFRecordDataset(dataset.shard_path(tf_shard)).batch(10)))
     parsed = tf.io.parse_example(batch, spec)
     order = np.argsort(parsed["id"].numpy())
