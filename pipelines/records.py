@@ -13,7 +13,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -51,16 +50,89 @@ def row_identity(relative_path: str, first_row: int, n: int) -> np.ndarray:
     return mix(_text_hash(relative_path), np.arange(first_row, first_row + n, dtype=np.uint64))
 
 
-def content_hash(batch: pa.RecordBatch | pa.Table, columns: Sequence[str], seed: int) -> np.ndarray:
-    """Hash of the values in ``columns`` of each row (equal rows, equal hashes), keyed by the seed."""
-    def hashable(column: pa.Array) -> pa.Array:  # nested values (lists: raw images ...) hash by their text
-        if pa.types.is_nested(column.type):
-            return pa.array([None if v is None else repr(v) for v in column.to_pylist()], pa.string())
-        return column
+_WORD = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
+_PRIME = np.uint64(0x100000001B3)
 
-    frame = pa.table({c: hashable(batch.column(c)) for c in columns}).to_pandas()
-    key = hashlib.blake2b(str(seed).encode(), digest_size=8).hexdigest()[:16]
-    return pd.util.hash_pandas_object(frame, index=False, hash_key=key).to_numpy().astype(np.uint64)
+
+def _fold(h: np.ndarray, word: np.ndarray, rows: np.ndarray | slice = slice(None)) -> None:
+    """Fold one uint64 word per row into ``h[rows]`` (FNV-style; ``mix`` spreads the result)."""
+    with np.errstate(over="ignore"):
+        if isinstance(rows, slice):  # in place: this runs a few times per column per batch
+            h ^= word
+            h *= _PRIME
+            h ^= h >> np.uint64(29)
+        else:
+            x = (h[rows] ^ word) * _PRIME
+            h[rows] = x ^ (x >> np.uint64(29))
+
+
+def _fold_bytes(h: np.ndarray, column: pa.Array) -> None:
+    """Fold each row's bytes into ``h``, 8 at a time, read straight from the Arrow buffers.
+
+    A row's result depends only on its own bytes: rows take part in a round only while they
+    have bytes left, so batches with longer or shorter neighbours hash a value the same.
+    """
+    lengths = pc.fill_null(pc.binary_length(column), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    null = pc.is_null(column).to_numpy(zero_copy_only=False).astype(np.uint64) << np.uint64(63)
+    _fold(h, lengths.astype(np.uint64) | null)
+    longest = int(lengths.max(initial=0))
+    if not longest:
+        return
+    present = pc.drop_null(pc.binary_length(column))
+    uniform = pc.min(present).as_py() == longest  # ids and codes: every value one width
+    has_nulls = column.null_count > 0
+    if uniform and has_nulls:
+        column = pc.fill_null(column, pa.scalar(b"\0" * longest, column.type))
+    _, offsets, data = column.buffers()
+    offset_type = np.int64 if pa.types.is_large_string(column.type) or pa.types.is_large_binary(column.type) else np.int32
+    starts = np.frombuffer(offsets, offset_type)[column.offset:column.offset + len(column)].astype(np.int64)
+    data = np.frombuffer(data, np.uint8)
+    if uniform:  # one reshape instead of a gather per round
+        width = -(-longest // 8) * 8
+        table = data[starts[0]:starts[0] + longest * len(column)].reshape(len(column), longest)
+        table = np.ascontiguousarray(np.pad(table, ((0, 0), (0, width - longest))) if width > longest else table)
+        words = table.view(np.uint64)
+        rows = np.flatnonzero(lengths) if has_nulls else slice(None)
+        for k in range(width // 8):
+            _fold(h, words[rows, k], rows)
+        return
+    step = np.arange(8, dtype=np.int64)
+    for k in range(0, longest, 8):
+        rows = np.flatnonzero(lengths > k)
+        index = starts[rows, None] + k + step
+        inside = index < (starts[rows] + lengths[rows])[:, None]
+        chunk = np.where(inside, data[np.minimum(index, data.size - 1)], 0).astype(np.uint8)
+        _fold(h, np.ascontiguousarray(chunk).view(np.uint64)[:, 0], rows)
+
+
+def content_hash(batch: pa.RecordBatch | pa.Table, columns: Sequence[str], seed: int) -> np.ndarray:
+    """Hash of the values in ``columns`` of each row (equal rows, equal hashes), keyed by the seed.
+
+    Vectorised over Arrow buffers: fixed-width values hash by their bits, strings and bytes by
+    their bytes; other types (lists, structs ...) by the text of each value.
+    """
+    h = np.full(batch.num_rows, seed & 0xFFFFFFFFFFFFFFFF, np.uint64)
+    for name in columns:
+        column = batch.column(name)
+        column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+        kind = column.type
+        if pa.types.is_boolean(kind):
+            kind, column = pa.uint8(), column.cast(pa.uint8())
+        if pa.types.is_floating(kind) or pa.types.is_integer(kind) or pa.types.is_temporal(kind):
+            values = (pc.fill_null(column, pa.scalar(0, kind)) if column.null_count else column).to_numpy(zero_copy_only=False)
+            word = values.view(_WORD[values.dtype.itemsize]).astype(np.uint64)
+            null = pc.is_null(column).to_numpy(zero_copy_only=False).astype(np.uint64)
+            if values.dtype.itemsize < 8:  # room for the null flag in the value's word
+                word |= null << np.uint64(63)
+            else:
+                _fold(h, null)
+            _fold(h, word)
+        else:
+            if not (pa.types.is_string(kind) or pa.types.is_binary(kind)
+                    or pa.types.is_large_string(kind) or pa.types.is_large_binary(kind)):
+                column = pa.array([None if v is None else repr(v) for v in column.to_pylist()], pa.string())
+            _fold_bytes(h, column)
+    return mix(h)
 
 
 def assign_split(hashes: np.ndarray, fractions: dict[str, float], seed: int) -> np.ndarray:
