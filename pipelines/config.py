@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Literal
 
 import pyarrow as pa
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from shardflow.configs import StrictModel, load_model
 
 __all__ = ["PipelineConfig", "SplitConfig", "AugmentConfig", "load_config", "arrow_type"]
 
@@ -28,11 +28,7 @@ def arrow_type(name: str) -> pa.DataType:
     return _TYPES[name]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class SplitConfig(_Strict):
+class SplitConfig(StrictModel):
     """Deterministic train/eval/test split by hashing a key column (or the whole row) with the seed."""
 
     train: float = Field(0.8, ge=0, le=1)
@@ -51,7 +47,7 @@ class SplitConfig(_Strict):
         return {name: f for name, f in (("train", self.train), ("eval", self.eval), ("test", self.test)) if f > 0}
 
 
-class AugmentConfig(_Strict):
+class AugmentConfig(StrictModel):
     """Seeded augmentation of training rows; eval and test rows are never augmented."""
 
     copies: int = Field(0, ge=0, description="augmented copies per training row, beside the original")
@@ -71,7 +67,7 @@ class AugmentConfig(_Strict):
         return self.copies > 0
 
 
-class PipelineConfig(_Strict):
+class PipelineConfig(StrictModel):
     """Everything ``shardflow pipeline run`` needs; stored with the dataset it writes (secrets scrubbed)."""
 
     input: str
@@ -128,40 +124,6 @@ class PipelineConfig(_Strict):
         return pa.schema([(n, arrow_type(t)) for n, t in self.columns.items()]) if self.columns else None
 
 
-def _friendly(error: ValidationError, source: str) -> ValueError:
-    lines = []
-    for item in error.errors():
-        where = ".".join(str(p) for p in item["loc"]) or "config"
-        value = item.get("input")
-        shown = "" if isinstance(value, dict) else f": {value!r}"
-        lines.append(f"Invalid value for `{where}`{shown}. {item['msg']}")
-    return ValueError(f"{source}:\n  " + "\n  ".join(lines))
-
-
 def load_config(path: str | None = None, overrides: dict[str, Any] | None = None) -> PipelineConfig:
-    """Read ``path`` (YAML) if given, apply ``overrides`` (flags; None values ignored), validate.
-
-    Raises:
-        FileNotFoundError: ``path`` does not exist.
-        ValueError: invalid YAML or values, each naming the field and the value received.
-    """
-    data: dict[str, Any] = {}
-    if path:
-        try:
-            loaded = yaml.safe_load(Path(path).read_text())
-        except yaml.YAMLError as e:
-            raise ValueError(f"{path}: not valid YAML: {e}") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ValueError(f"{path}: expected a mapping of settings, got {type(loaded).__name__}")
-        data.update(loaded or {})
-    for key, value in (overrides or {}).items():
-        if value is None:
-            continue
-        if isinstance(value, dict) and isinstance(data.get(key), dict):
-            data[key] = {**data[key], **value}
-        else:
-            data[key] = value
-    try:
-        return PipelineConfig.model_validate(data)
-    except ValidationError as e:
-        raise _friendly(e, path or "pipeline config") from None
+    """The pipeline config from ``path`` (YAML) and ``overrides`` (flags); see :func:`load_model`."""
+    return load_model(PipelineConfig, path, overrides, what="pipeline config")

@@ -4,6 +4,7 @@
 """
 
 from .cache import CacheStats, ShardCache
+from .checkpoints import Checkpoint, CheckpointStore
 from .dataset import Dataset, DatasetWriter, ShardProblem, open_dataset, publish_shard
 from .errors import ChecksumMismatchError, ManifestError, ShardflowError, UnsafePathError
 from .gc import GcReport, collect_garbage
@@ -14,6 +15,8 @@ from .urls import parse_storage_options, redact_url, resolve
 
 __all__ = [
     "CacheStats",
+    "Checkpoint",
+    "CheckpointStore",
     "ChecksumMismatchError",
     "Dataset",
     "DatasetWriter",

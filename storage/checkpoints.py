@@ -1,0 +1,235 @@
+"""Checkpoints on any URL, committed the way datasets are: files first, record last.
+
+A checkpoint is a directory of files (whatever the trainer wrote: TensorFlow's ``.index`` and
+``.data-*`` files, a ``checkpoint`` state file, ...). Publishing one:
+
+1. uploads every file under ``<dir>/ckpt-<step>-<token>/`` (a fresh token per attempt, so a
+   retried or concurrent upload never overwrites another's files);
+2. creates ``<dir>/_checkpoints/c<step>.json`` exclusively, listing the files with sizes and
+   checksums. That create is the commit: a checkpoint without its record is invisible, so an
+   upload cut short is never "latest".
+
+Pruning removes the record first, then the files, so a reader never sees a record whose
+files are half deleted.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import posixpath
+import re
+import threading
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .commit import checksum_file, checksum_stream, publish_bytes, temp_token
+from .errors import ChecksumMismatchError, ManifestError
+from .manifest import check_relative_path
+from .urls import is_local, join_url, redact_url, resolve, translate_errors
+
+__all__ = ["Checkpoint", "CheckpointStore", "RECORD_DIR"]
+
+RECORD_DIR = "_checkpoints"
+_RECORD = re.compile(r"^c(\d{12})\.json$")
+_FILES = re.compile(r"^ckpt-(\d{12})-[0-9a-f]{16}$")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A committed checkpoint: its step, its files (relative to ``directory``) and what the trainer noted."""
+
+    step: int
+    directory: str  # relative to the store's URL: "ckpt-<step>-<token>"
+    files: tuple[dict[str, Any], ...]  # {"path", "bytes", "checksum"}
+    created_at: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def bytes(self) -> int:
+        return sum(int(f["bytes"]) for f in self.files)
+
+    @property
+    def created(self) -> _dt.datetime:
+        return _dt.datetime.fromisoformat(self.created_at)
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["files"] = list(self.files)
+        return json.dumps(data, indent=1, sort_keys=True, allow_nan=False) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str | bytes, *, where: str) -> Checkpoint:
+        try:
+            data = json.loads(text)
+            checkpoint = cls(step=int(data["step"]), directory=str(data["directory"]),
+                             files=tuple({"path": str(f["path"]), "bytes": int(f["bytes"]),
+                                          "checksum": str(f["checksum"])} for f in data["files"]),
+                             created_at=str(data["created_at"]), metadata=dict(data.get("metadata") or {}))
+            _dt.datetime.fromisoformat(checkpoint.created_at)
+        except (ValueError, KeyError, TypeError) as e:
+            raise ManifestError(f"{where}: malformed checkpoint record: {type(e).__name__}: {e}") from e
+        check_relative_path(checkpoint.directory, where=where)
+        for f in checkpoint.files:
+            check_relative_path(f["path"], where=where)
+        return checkpoint
+
+
+def _record_name(step: int) -> str:
+    return f"{RECORD_DIR}/c{step:012d}.json"
+
+
+class CheckpointStore:
+    """Committed checkpoints under one URL (local directory, s3://, gs://, az://, memory://)."""
+
+    def __init__(self, url: str, *, storage_options: Mapping[str, Any] | None = None) -> None:
+        self.url = url.rstrip("/")
+        self.storage_options = dict(storage_options or {})
+        self.fs, self.root = resolve(self.url, self.storage_options)
+
+    def __repr__(self) -> str:
+        return f"CheckpointStore({redact_url(self.url)!r})"
+
+    def _path(self, *parts: str) -> str:
+        return posixpath.join(self.root, *parts)
+
+    # -- reading -------------------------------------------------------------------------------
+    def steps(self) -> list[int]:
+        """Committed steps, ascending (listed fresh)."""
+        records = self._path(RECORD_DIR)
+        with translate_errors(self.url, self.storage_options):
+            self.fs.invalidate_cache(records)
+            try:
+                names = self.fs.ls(records, detail=False)
+            except FileNotFoundError:
+                return []
+        found = (_RECORD.match(posixpath.basename(n.rstrip("/"))) for n in names)
+        return sorted(int(m.group(1)) for m in found if m)
+
+    def get(self, step: int) -> Checkpoint:
+        name = _record_name(step)
+        with translate_errors(self.url, self.storage_options):
+            try:
+                text = self.fs.cat_file(self._path(name))
+            except FileNotFoundError:
+                raise FileNotFoundError(f"{redact_url(self.url)}: no committed checkpoint at step {step}.") from None
+        checkpoint = Checkpoint.from_json(text, where=redact_url(join_url(self.url, name)))
+        if checkpoint.step != step:
+            raise ManifestError(f"{redact_url(join_url(self.url, name))}: names step {checkpoint.step}.")
+        return checkpoint
+
+    def list(self) -> list[Checkpoint]:
+        return [self.get(step) for step in self.steps()]
+
+    def latest(self) -> Checkpoint | None:
+        steps = self.steps()
+        return self.get(steps[-1]) if steps else None
+
+    def url_of(self, checkpoint: Checkpoint) -> str:
+        return join_url(self.url, checkpoint.directory)
+
+    def download(self, checkpoint: Checkpoint, local_dir: str) -> str:
+        """Copy a checkpoint's files into ``local_dir`` (verified), or return its own directory
+        when the store is local. Returns the local directory holding the files.
+
+        Raises:
+            ChecksumMismatchError: a file's bytes differ from its record, naming the file.
+        """
+        if is_local(self.fs):
+            return self._path(checkpoint.directory)
+        os.makedirs(local_dir, exist_ok=True)
+
+        def fetch(entry: dict[str, Any]) -> None:
+            url = join_url(self.url, checkpoint.directory, entry["path"])
+            dest = os.path.join(local_dir, *entry["path"].split("/"))
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            with translate_errors(url, self.storage_options):
+                self.fs.get_file(self._path(checkpoint.directory, entry["path"]), dest)
+            checksum, size = checksum_file(dest)
+            if (checksum, size) != (entry["checksum"], entry["bytes"]):
+                raise ChecksumMismatchError(f"{redact_url(url)}: {size} bytes with {checksum}; its record says "
+                                            f"{entry['bytes']} bytes with {entry['checksum']}.")
+
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(fetch, checkpoint.files))
+        return local_dir
+
+    # -- writing -------------------------------------------------------------------------------
+    def publish(self, local_dir: str, step: int, *, metadata: Mapping[str, Any] | None = None,
+                on_bytes: Callable[[int], None] | None = None) -> Checkpoint:
+        """Upload every file under ``local_dir`` and commit them as the checkpoint of ``step``.
+
+        Checksums are computed while the upload runs (the two overlap), from the local files.
+
+        Raises:
+            FileExistsError: a checkpoint of ``step`` is already committed.
+        """
+        directory = f"ckpt-{step:012d}-{temp_token()}"
+        relative = sorted(os.path.relpath(os.path.join(d, f), local_dir).replace(os.sep, "/")
+                          for d, _, files in os.walk(local_dir) for f in files)
+        lock = threading.Lock()
+
+        def checksum(path: str) -> tuple[str, int]:
+            with open(os.path.join(local_dir, *path.split("/")), "rb") as f:
+                return checksum_stream(f.read)
+
+        def upload(path: str) -> None:
+            source = os.path.join(local_dir, *path.split("/"))
+            dest = self._path(directory, path)
+            with translate_errors(join_url(self.url, directory, path), self.storage_options):
+                if is_local(self.fs):
+                    os.makedirs(os.path.dirname(dest), exist_ok=True)
+                self.fs.put_file(source, dest)
+            if on_bytes:
+                with lock:
+                    on_bytes(os.path.getsize(source))
+
+        with ThreadPoolExecutor(4) as pool:
+            sums = [pool.submit(checksum, p) for p in relative]
+            for done in [pool.submit(upload, p) for p in relative]:
+                done.result()
+            files = tuple({"path": p, "bytes": s.result()[1], "checksum": s.result()[0]} for p, s in zip(relative, sums))
+        checkpoint = Checkpoint(step=step, directory=directory, files=files,
+                                created_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds"),
+                                metadata=dict(metadata or {}))
+        with translate_errors(self.url, self.storage_options):
+            publish_bytes(self.fs, self._path(_record_name(step)), checkpoint.to_json().encode(), exclusive=True)
+        return checkpoint
+
+    def prune(self, *, keep_last: int, keep_every_hours: float | None = None) -> list[Checkpoint]:
+        """Remove committed checkpoints beyond the last ``keep_last`` (plus one every
+        ``keep_every_hours`` of creation time, if set), and uncommitted file directories older
+        than the latest commit (uploads that died). Returns the checkpoints removed."""
+        checkpoints = self.list()
+        keep = {c.step for c in checkpoints[-keep_last:]} if keep_last > 0 else set()
+        if keep_every_hours:
+            last_kept: _dt.datetime | None = None
+            for c in checkpoints:
+                if last_kept is None or (c.created - last_kept).total_seconds() >= keep_every_hours * 3600:
+                    keep.add(c.step)
+                    last_kept = c.created
+        removed = [c for c in checkpoints if c.step not in keep]
+        with translate_errors(self.url, self.storage_options):
+            for c in removed:  # the record first: from then on nobody reads these files
+                self.fs.rm_file(self._path(_record_name(c.step)))
+                self._remove_dir(c.directory)
+            if checkpoints:
+                referenced = {c.directory for c in checkpoints if c.step in keep}
+                newest = checkpoints[-1].step
+                self.fs.invalidate_cache(self.root)
+                for name in self.fs.ls(self.root, detail=False):
+                    base = posixpath.basename(name.rstrip("/"))
+                    match = _FILES.match(base)
+                    if match and base not in referenced and int(match.group(1)) < newest:
+                        self._remove_dir(base)
+        return removed
+
+    def _remove_dir(self, directory: str) -> None:
+        path = self._path(directory)
+        try:
+            self.fs.rm(path, recursive=True)
+        except FileNotFoundError:
+            pass

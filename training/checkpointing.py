@@ -1,0 +1,128 @@
+"""Checkpoints that never block training for long and are never half visible.
+
+``save`` starts TensorFlow's asynchronous checkpoint write to local disk and returns at once
+(DESIGN.md fact 11). When the write completes, a callback hands the directory to one
+background uploader thread, which publishes it through storage's :class:`CheckpointStore`
+(files first, the commit record last) and then applies retention. Errors in that thread are
+raised in the training thread at the next ``save`` or at ``close``.
+
+Each committed checkpoint directory also holds a ``checkpoint`` state file, so anyone who
+downloads it can call ``tf.train.load_checkpoint(directory)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import shutil
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import tensorflow as tf
+
+from shardflow.storage import Checkpoint, CheckpointStore
+from shardflow.storage.urls import redact_url
+
+__all__ = ["CheckpointWriter", "CheckpointStats", "PREFIX"]
+
+log = logging.getLogger(__name__)
+
+PREFIX = "ckpt"  # the TensorFlow checkpoint prefix inside each checkpoint directory
+
+
+@dataclass
+class CheckpointStats:
+    saves: int = 0
+    blocked_seconds: float = 0.0  # training time spent inside save()
+    uploaded_bytes: int = 0
+    upload_seconds: float = 0.0
+    last_committed: int | None = None
+
+
+class CheckpointWriter:
+    """Saves ``checkpoint`` asynchronously and commits it to ``store`` in the background."""
+
+    def __init__(self, checkpoint: tf.train.Checkpoint, store: CheckpointStore, *, local_dir: str, keep: int,
+                 keep_every_hours: float | None = None) -> None:
+        self.checkpoint = checkpoint
+        self.store = store
+        self.local_dir = local_dir
+        self.keep = keep
+        self.keep_every_hours = keep_every_hours
+        self.stats = CheckpointStats()
+        self._queue: queue.Queue[tuple[int, str, dict[str, Any]] | None] = queue.Queue()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._upload_loop, name="checkpoint-upload", daemon=True)
+        self._thread.start()
+
+    def _raise_pending(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise RuntimeError(f"Checkpoint upload to {redact_url(self.store.url)} failed: {error}") from error
+
+    def save(self, step: int, metadata: Mapping[str, Any] | None = None) -> float:
+        """Start saving the state at ``step``; returns the seconds training was blocked."""
+        self._raise_pending()
+        started = time.perf_counter()
+        directory = os.path.join(self.local_dir, f"step-{step:012d}")
+        if os.path.exists(directory):
+            shutil.rmtree(directory)
+        item = (step, directory, dict(metadata or {}))
+        options = tf.train.CheckpointOptions(experimental_enable_async_checkpoint=True,
+                                             experimental_write_callbacks=[lambda: self._queue.put(item)])
+        self.checkpoint.write(os.path.join(directory, PREFIX), options=options)
+        blocked = time.perf_counter() - started
+        self.stats.saves += 1
+        self.stats.blocked_seconds += blocked
+        return blocked
+
+    def _upload_loop(self) -> None:
+        while (item := self._queue.get()) is not None:
+            step, directory, metadata = item
+            try:
+                with open(os.path.join(directory, "checkpoint"), "w") as f:  # for tf.train.load_checkpoint(dir)
+                    f.write(f'model_checkpoint_path: "{PREFIX}"\nall_model_checkpoint_paths: "{PREFIX}"\n')
+                started = time.perf_counter()
+                committed = self.store.publish(directory, step, metadata=metadata)
+                self.stats.upload_seconds += time.perf_counter() - started
+                self.stats.uploaded_bytes += committed.bytes
+                self.stats.last_committed = step
+                self.store.prune(keep_last=self.keep, keep_every_hours=self.keep_every_hours)
+                shutil.rmtree(directory, ignore_errors=True)
+                log.info("committed checkpoint at step %d to %s", step, redact_url(self.store.url))
+            except BaseException as e:  # handed to the training thread by _raise_pending
+                self._error = e
+            finally:
+                self._queue.task_done()
+
+    def wait(self) -> None:
+        """Block until every checkpoint saved so far is committed (or raise its error)."""
+        self.checkpoint.sync()
+        self._queue.join()
+        self._raise_pending()
+
+    def close(self) -> None:
+        """Finish pending uploads and stop the uploader."""
+        try:
+            self.wait()
+        finally:
+            self._queue.put(None)
+            self._thread.join()
+
+
+def restore_latest(checkpoint: tf.train.Checkpoint, store: CheckpointStore, *, local_dir: str) -> Checkpoint | None:
+    """Restore ``checkpoint`` from the store's latest committed checkpoint, if any.
+
+    The files are kept in ``local_dir`` (fetched there when the store is remote) for the
+    rest of the run: variables created later (optimizer slots) restore from them then.
+    """
+    latest = store.latest()
+    if latest is None:
+        return None
+    directory = store.download(latest, os.path.join(local_dir, f"step-{latest.step:012d}"))
+    checkpoint.read(os.path.join(directory, PREFIX)).expect_partial()
+    return latest

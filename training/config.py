@@ -1,0 +1,83 @@
+"""The training job's typed configuration: YAML file, flag overrides, errors that name the field."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from shardflow.configs import StrictModel, load_model
+
+__all__ = ["CheckpointConfig", "ModelConfig", "TrainConfig", "load_train_config"]
+
+
+class ModelConfig(StrictModel):
+    """The built-in click-through model, or a user model by import path."""
+
+    function: str | None = None  # "module:function" receiving (feature_spec, label, config); default: built-in
+    hash_buckets: int = Field(1 << 20, gt=0, description="rows of the shared id embedding table")
+    embedding_dim: int = Field(16, gt=0)
+    hidden_units: list[int] = [256, 128]
+    min_shard_bytes: int = Field(256 << 10, gt=0, description="variables larger than this are sharded across ps")
+
+
+class CheckpointConfig(StrictModel):
+    """When to checkpoint, and which checkpoints to keep."""
+
+    every_steps: int | None = Field(1000, gt=0)
+    every_seconds: float | None = Field(None, gt=0)
+    keep: int = Field(3, gt=0, description="keep the last K committed checkpoints")
+    keep_every_hours: float | None = Field(None, gt=0, description="and one every H hours of training")
+
+
+class TrainConfig(StrictModel):
+    """Everything ``shardflow train`` needs; saved with the run (secrets scrubbed)."""
+
+    data: str  # a committed dataset's URL
+    checkpoint_dir: str | None = None  # default: <run_dir>/checkpoints
+    run_dir: str = "shardflow-run"  # local: TensorBoard events, curves, config, export
+    export_dir: str | None = None  # default: <run_dir>/export; any URL
+    label: str | None = None  # default: the label the pipeline recorded, else "label"
+    format: Literal["auto", "tfrecord", "parquet"] = "auto"  # auto: TFRecord when the dataset has it
+    train_split: str = "train"
+    eval_split: str | None = "eval"
+    batch_size: int = Field(512, gt=0)
+    steps: int | None = Field(None, gt=0, description="optimizer steps in total; default: from epochs")
+    epochs: float = Field(1.0, gt=0)
+    optimizer: Literal["adagrad", "adam", "sgd", "ftrl"] = "adagrad"
+    learning_rate: float = Field(0.05, gt=0)
+    shuffle_buffer: int = Field(8192, ge=0)
+    seed: int = Field(0, ge=0)
+    eval_every: int | None = Field(1000, gt=0, description="steps between evaluations")
+    eval_rows: int | None = Field(200_000, gt=0, description="rows of the eval split used per evaluation")
+    log_every: int = Field(50, gt=0, description="steps between progress and TensorBoard updates")
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    model: ModelConfig = ModelConfig()
+    cluster: Literal["none", "local", "tf-config"] = "none"
+    workers: int = Field(2, gt=0)
+    ps: int = Field(1, ge=0)
+    strategy: Literal["auto", "parameter_server", "tpu", "mirrored", "default"] = "auto"
+    max_restarts: int = Field(3, ge=0, description="restarts from the last checkpoint after a lost ps")
+    cache_dir: str | None = None  # local shard cache for remote datasets; default: <run_dir>/cache
+    cache_bytes: int = Field(20 << 30, gt=0)
+    storage_options: dict[str, Any] = {}
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
+        if self.cluster == "local" and self.ps < 1:
+            raise ValueError("a local cluster needs at least one ps (`ps` >= 1)")
+        return self
+
+    def resolved_checkpoint_dir(self) -> str:
+        return self.checkpoint_dir or f"{self.run_dir.rstrip('/')}/checkpoints"
+
+    def resolved_cache_dir(self) -> str:
+        return self.cache_dir or f"{self.run_dir.rstrip('/')}/cache"
+
+    def resolved_export_dir(self) -> str:
+        return self.export_dir or f"{self.run_dir.rstrip('/')}/export"
+
+
+def load_train_config(path: str | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """The training config from ``path`` (YAML) and ``overrides`` (flags)."""
+    return load_model(TrainConfig, path, overrides, what="training config")

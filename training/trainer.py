@@ -1,0 +1,278 @@
+"""The training loop: one code path for every strategy.
+
+Under ParameterServerStrategy this runs in the coordinator (TF_CONFIG task ``chief``): steps
+are scheduled onto workers with a ``ClusterCoordinator`` (asynchronous SGD; variables, the
+embedding table sharded, live on the ps tasks). Otherwise steps run in this process under the
+selected strategy. Either way:
+
+* each worker reads its own shards (see :mod:`.inputs`), and how many batches each worker
+  consumed is a variable saved with every checkpoint, so a resumed run skips exactly those;
+* every step measures how long it waited for its batch: the input stall;
+* checkpoints are asynchronous and uploaded in the background (:mod:`.checkpointing`);
+* evaluation (loss, AUC, accuracy) runs in this process on the eval split.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+import tf_keras
+import yaml
+
+from shardflow.storage import CheckpointStore, open_dataset
+from shardflow.storage.urls import redact_url, scrub
+
+from .checkpointing import CheckpointStats, CheckpointWriter, restore_latest
+from .config import TrainConfig
+from .export import export_saved_model
+from .inputs import InputSpec, ShardReader, choose_format, make_dataset, worker_shards
+from .model import build_model
+from .report import classification_metrics, plot_curves
+from .strategy import ClusterSpec, make_strategy
+
+__all__ = ["TrainSummary", "train", "synth_optimum"]
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[..., None]
+
+
+@dataclass
+class TrainSummary:
+    strategy: str
+    start_step: int
+    steps: int
+    examples: int = 0
+    seconds: float = 0.0
+    input_stall: float = 0.0
+    resumed_from: int | None = None
+    evaluations: list[dict[str, float]] = field(default_factory=list)
+    history: list[dict[str, float]] = field(default_factory=list)
+    checkpoints: CheckpointStats = field(default_factory=CheckpointStats)
+    optimum_auc: float | None = None
+    export_path: str | None = None
+    curves_path: str | None = None
+
+    @property
+    def examples_per_s(self) -> float:
+        return self.examples / self.seconds if self.seconds else 0.0
+
+
+def synth_optimum(dataset: Any) -> float | None:
+    """The best achievable AUC that ``shardflow data synth`` recorded for this data or its input."""
+    synth = dataset.manifest.metadata.get("synth")
+    if synth:
+        return float(synth["optimal_auc"])
+    for entry in reversed(dataset.manifest.lineage):
+        source = (entry.get("params") or {}).get("input")
+        if source:
+            try:
+                upstream = open_dataset(source, storage_options=dataset.storage_options)
+            except (OSError, ValueError):
+                return None
+            synth = upstream.manifest.metadata.get("synth")
+            return float(synth["optimal_auc"]) if synth else None
+    return None
+
+
+def _optimizer(config: TrainConfig) -> tf_keras.optimizers.Optimizer:
+    return {"adagrad": tf_keras.optimizers.Adagrad, "adam": tf_keras.optimizers.Adam, "sgd": tf_keras.optimizers.SGD,
+            "ftrl": tf_keras.optimizers.Ftrl}[config.optimizer](learning_rate=config.learning_rate)
+
+
+def save_run_config(config: TrainConfig) -> str:
+    """The resolved config, secrets scrubbed, as ``<run_dir>/config.yaml``."""
+    os.makedirs(config.run_dir, exist_ok=True)
+    data = config.model_dump(mode="json")
+    data["storage_options"] = scrub(config.storage_options)
+    path = os.path.join(config.run_dir, "config.yaml")
+    with open(path, "w") as f:
+        yaml.safe_dump(data, f, sort_keys=False)
+    return path
+
+
+def train(config: TrainConfig, *, cluster: ClusterSpec | None = None, progress: Progress | None = None) -> TrainSummary:
+    """Train on ``config.data`` until ``config.steps`` (or the epochs) are done, resuming from the
+    latest committed checkpoint in ``config.checkpoint_dir``; evaluate, export, report.
+
+    Args:
+        cluster: The cluster this process coordinates (it must be its ``chief``), or None.
+        progress: ``progress(event, **values)`` with events ``start``, ``step``, ``eval``, ``checkpoint``.
+    """
+    report = progress or (lambda event, **values: None)
+    dataset = open_dataset(config.data, storage_options=config.storage_options)
+    spec = InputSpec.from_dataset(dataset, config.label)
+    fmt = choose_format(dataset, config.train_split, config.format)
+    train_shards = [s for s in dataset.shards(config.train_split) if s.format.startswith(fmt)]
+    train_rows = sum(s.rows for s in train_shards)
+    total_steps = config.steps or max(1, math.ceil(config.epochs * train_rows / config.batch_size))
+    save_run_config(config)
+
+    strategy, strategy_name = make_strategy(config.strategy, cluster=cluster, min_shard_bytes=config.model.min_shard_bytes)
+    ps_mode = strategy_name == "parameter_server"
+    workers = cluster.workers if ps_mode and cluster else 1
+    with strategy.scope():
+        model = build_model(spec, config.model)
+        optimizer = _optimizer(config)
+        optimizer.build(model.trainable_variables)
+        positions = tf.Variable(tf.zeros([workers], tf.int64), trainable=False, name="batches_consumed")
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, batches_consumed=positions)
+    store = CheckpointStore(config.resolved_checkpoint_dir(), storage_options=config.storage_options)
+    local_checkpoints = os.path.join(config.run_dir, "checkpoints-local")
+    restored = restore_latest(checkpoint, store, local_dir=os.path.join(local_checkpoints, "restored"))
+    if restored is not None and restored.metadata.get("workers", workers) != workers:
+        raise ValueError(f"The checkpoint at step {restored.step} in {redact_url(store.url)} was written by "
+                         f"{restored.metadata.get('workers')} workers; resume with the same number (got {workers}).")
+    start_step = int(optimizer.iterations.numpy())
+    skip = positions.numpy().tolist()
+    summary = TrainSummary(strategy=strategy_name, start_step=start_step, steps=start_step,
+                           resumed_from=restored.step if restored else None, optimum_auc=synth_optimum(dataset))
+
+    reader = ShardReader(dataset, spec, cache_dir=config.resolved_cache_dir(), cache_bytes=config.cache_bytes)
+    compressed = any(s.format.endswith(".gz") for s in train_shards)
+
+    def worker_dataset(worker: int) -> tf.data.Dataset:
+        shards, striped = worker_shards(train_shards, worker, workers)
+        paths = [reader.path(s) for s in shards] if ps_mode else reader.prepare(shards)
+        ds = make_dataset(paths, fmt, spec, batch_size=config.batch_size, shuffle_buffer=config.shuffle_buffer,
+                          seed=config.seed + worker, skip_batches=int(skip[worker]), compressed=compressed,
+                          stripe=(worker, workers) if striped else None)
+        return ds.map(lambda features, label: (features, label, tf.constant(worker, tf.int32)))
+
+    if ps_mode:
+        coordinator = tf.distribute.experimental.coordinator.ClusterCoordinator(strategy)
+        # One dataset per worker, each read only by its own worker: tf.distribute gives a dataset
+        # function no worker index, so pick worker w's iterator out of the w-th per-worker dataset.
+        iterators = [iter(coordinator.create_per_worker_dataset(lambda w=w: worker_dataset(w))) for w in range(workers)]
+        iterator: Any = tf.distribute.experimental.coordinator.PerWorkerValues(
+            tuple(iterators[w]._values[w] for w in range(workers)))
+        dispatch: Callable[..., Any] = lambda fn, *args: coordinator.schedule(fn, args=args)  # noqa: E731
+        join: Callable[[], None] = coordinator.join
+        fetch: Callable[[Any], Any] = lambda value: value.fetch()  # noqa: E731
+    else:
+        iterator = iter(strategy.distribute_datasets_from_function(lambda _: worker_dataset(0)))
+        dispatch = lambda fn, *args: fn(*args)  # noqa: E731
+        join = lambda: None  # noqa: E731
+        fetch = lambda value: tf.nest.map_structure(lambda t: t.numpy(), value)  # noqa: E731
+    global_batch = config.batch_size * strategy.num_replicas_in_sync
+
+    def replica_step(features: dict[str, tf.Tensor], labels: tf.Tensor) -> tf.Tensor:
+        with tf.GradientTape() as tape:
+            logits = model(features, training=True)
+            per_row = tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits)
+            loss = tf.nn.compute_average_loss(per_row, global_batch_size=global_batch)
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        return loss
+
+    @tf.function
+    def train_step(iterator: Any) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        started = tf.timestamp()
+        features, labels, worker = next(iterator)
+        got_batch = tf.timestamp()
+        loss = strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(replica_step, args=(features, labels)), axis=None)
+        index = worker if ps_mode else 0
+        with tf.control_dependencies([loss]):
+            positions.assign_add(tf.one_hot(index, workers, dtype=tf.int64))
+            finished = tf.timestamp()
+        return loss, got_batch - started, finished - started
+
+    eval_data = _eval_data(config, dataset, spec, reader)
+    predict = tf.function(lambda features: model(features, training=False))
+
+    def evaluate(step: int) -> dict[str, float]:
+        labels, logits = [], []
+        for features, label in eval_data:
+            logits.append(predict(features).numpy())
+            labels.append(label.numpy())
+        metrics = {"step": float(step), **classification_metrics(np.concatenate(labels), np.concatenate(logits))}
+        summary.evaluations.append(metrics)
+        with writer_tb.as_default(step=step):
+            for name in ("loss", "auc", "accuracy"):
+                tf.summary.scalar(f"eval/{name}", metrics[name])
+        report("eval", **metrics)
+        return metrics
+
+    writer_tb = tf.summary.create_file_writer(os.path.join(config.run_dir, "tensorboard"))
+    uploader = CheckpointWriter(checkpoint, store, local_dir=local_checkpoints, keep=config.checkpoint.keep,
+                                keep_every_hours=config.checkpoint.keep_every_hours)
+    report("start", start_step=start_step, total_steps=total_steps, strategy=strategy_name, workers=workers,
+           resumed_from=summary.resumed_from, format=fmt)
+    step = start_step
+    pending: list[Any] = []
+    waits = totals = 0.0
+    started = last_log = last_checkpoint = time.perf_counter()
+    logged_step = step
+    try:
+        while step < total_steps:
+            pending.append(dispatch(train_step, iterator))
+            step += 1
+            if step % config.log_every == 0 or step == total_steps:
+                values = [fetch(v) for v in pending]
+                pending.clear()
+                now = time.perf_counter()
+                wait = sum(float(v[1]) for v in values)
+                busy = sum(float(v[2]) for v in values)
+                waits, totals = waits + wait, totals + busy
+                point = {"step": float(step), "loss": float(np.mean([v[0] for v in values])),
+                         "examples_per_s": (step - logged_step) * global_batch / max(now - last_log, 1e-9),
+                         "input_stall": wait / busy if busy else 0.0}
+                summary.history.append(point)
+                with writer_tb.as_default(step=step):
+                    for name in ("loss", "examples_per_s", "input_stall"):
+                        tf.summary.scalar(f"train/{name}", point[name])
+                report("step", **point, total_steps=total_steps)
+                last_log, logged_step = now, step
+            due_steps = config.checkpoint.every_steps and step % config.checkpoint.every_steps == 0
+            due_time = config.checkpoint.every_seconds and time.perf_counter() - last_checkpoint >= config.checkpoint.every_seconds
+            if (due_steps or due_time) and step < total_steps:
+                join()  # a consistent state: no step half applied
+                blocked = uploader.save(step, {"workers": workers, "batches_consumed": positions.numpy().tolist()})
+                last_checkpoint = time.perf_counter()
+                report("checkpoint", step=step, blocked=blocked)
+            if config.eval_every and step % config.eval_every == 0 and step < total_steps and eval_data is not None:
+                join()
+                evaluate(step)
+        join()
+        summary.seconds = time.perf_counter() - started
+        summary.steps = int(optimizer.iterations.numpy())
+        summary.examples = (step - start_step) * global_batch
+        summary.input_stall = waits / totals if totals else 0.0
+        if step > start_step or restored is None:
+            blocked = uploader.save(summary.steps, {"workers": workers, "batches_consumed": positions.numpy().tolist()})
+            report("checkpoint", step=summary.steps, blocked=blocked)
+        if eval_data is not None:
+            evaluate(summary.steps)
+        uploader.wait()
+    finally:
+        uploader.close()
+        writer_tb.flush()
+    summary.checkpoints = uploader.stats
+    summary.export_path = export_saved_model(model, spec, config.model, config.resolved_export_dir(), step=summary.steps,
+                                             storage_options=config.storage_options)
+    if summary.history:
+        summary.curves_path = plot_curves(summary.history, summary.evaluations,
+                                          os.path.join(config.run_dir, "curves.png"),
+                                          f"{redact_url(config.data)}: {strategy_name}, {workers} worker(s)")
+    return summary
+
+
+def _eval_data(config: TrainConfig, dataset: Any, spec: InputSpec, reader: ShardReader) -> tf.data.Dataset | None:
+    """The eval split, read here (by the coordinator), capped at ``eval_rows``."""
+    if not config.eval_split or config.eval_split not in dataset.manifest.splits():
+        return None
+    fmt = choose_format(dataset, config.eval_split, config.format)
+    shards = [s for s in dataset.shards(config.eval_split) if s.format.startswith(fmt)]
+    paths = reader.prepare(shards)
+    batch = 4096
+    ds = make_dataset(paths, fmt, spec, batch_size=batch, repeat=False,
+                      compressed=any(s.format.endswith(".gz") for s in shards))
+    return ds.take(math.ceil(config.eval_rows / batch)) if config.eval_rows else ds
