@@ -30,9 +30,13 @@ __all__ = ["export_saved_model"]
 
 
 def _plain_copy(trained: tf_keras.Model, spec: InputSpec, config: ModelConfig) -> tf_keras.Model:
+    """The same model with ordinary variables, through a checkpoint: TensorFlow saves a
+    sharded variable as one whole tensor and restores it into any partitioning."""
     with tf.distribute.get_strategy().scope():  # the default strategy: ordinary variables
         plain = build_model(spec, config)
-    plain.set_weights(trained.get_weights())  # a sharded variable's value is its shards, concatenated
+    with tempfile.TemporaryDirectory(prefix="shardflow-unshard-") as tmp:
+        prefix = tf.train.Checkpoint(model=trained).write(os.path.join(tmp, "model"))
+        tf.train.Checkpoint(model=plain).read(prefix).assert_existing_objects_matched()
     return plain
 
 

@@ -67,9 +67,16 @@ class InputSpec:
     def dtype(self, name: str) -> tf.DType:
         return _DTYPES[self.feature_spec[name]["dtype"]]
 
+    def default(self, name: str) -> Any:
+        """What a null reads as: NaN for nullable floats (so a model can tell "missing" from 0),
+        else the manifest's default ("" or 0)."""
+        entry = self.feature_spec[name]
+        if entry["dtype"] == "float32" and entry.get("nullable", True):
+            return float("nan")
+        return entry.get("default")
+
     def parse_spec(self) -> dict[str, tf.io.FixedLenFeature]:
-        return {n: tf.io.FixedLenFeature([], self.dtype(n), default_value=e.get("default"))
-                for n, e in self.feature_spec.items()}
+        return {n: tf.io.FixedLenFeature([], self.dtype(n), default_value=self.default(n)) for n in self.feature_spec}
 
 
 def choose_format(dataset: Dataset, split: str, wanted: str) -> str:
@@ -138,7 +145,7 @@ class ShardReader:
         return paths
 
     def _write_columns(self, parquet_path: str, target: str, shard: Shard) -> None:
-        """Decode a Parquet shard into a columnar TFRecord file (nulls become the spec's defaults)."""
+        """Decode a Parquet shard into a columnar TFRecord file (nulls read as ``InputSpec.default``)."""
         os.makedirs(os.path.dirname(target), exist_ok=True)
         tmp = f"{target}.tmp-{temp_token()}"
         names = list(self.spec.feature_spec)
@@ -150,7 +157,7 @@ class ShardReader:
                         entry = self.spec.feature_spec[name]
                         column = batch.column(name)
                         if column.null_count:
-                            column = pc.fill_null(column, pa.scalar(entry["default"]).cast(column.type))
+                            column = pc.fill_null(column, pa.scalar(self.spec.default(name)).cast(column.type))
                         values = column.to_numpy(zero_copy_only=False).astype(_NUMPY[entry["dtype"]])
                         tensor = tf.io.serialize_tensor(tf.constant(values, dtype=self.spec.dtype(name)))
                         feature[name] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[tensor.numpy()]))

@@ -41,12 +41,14 @@ class HashIds(tf_keras.layers.Layer):
 
 @tf_keras.utils.register_keras_serializable("shardflow")
 class SignedLog(tf_keras.layers.Layer):
-    """Heavy-tailed counts to a tame scale: ``sign(x) * log1p(|x|)``, NaN as 0."""
+    """Heavy-tailed counts to a tame scale, ``sign(x) * log1p(|x|)``, beside a missing flag per
+    column (nulls read as NaN): ``[rows, 2 * columns]``."""
 
     def call(self, inputs: list[tf.Tensor]) -> tf.Tensor:
         x = tf.stack([tf.cast(v, tf.float32) for v in inputs], axis=1)
-        x = tf.where(tf.math.is_finite(x), x, tf.zeros_like(x))
-        return tf.sign(x) * tf.math.log1p(tf.abs(x))
+        present = tf.math.is_finite(x)
+        x = tf.where(present, x, tf.zeros_like(x))
+        return tf.concat([tf.sign(x) * tf.math.log1p(tf.abs(x)), 1.0 - tf.cast(present, tf.float32)], axis=1)
 
 
 @tf_keras.utils.register_keras_serializable("shardflow")

@@ -1,0 +1,234 @@
+"""Real clusters of ps and worker processes: serving one task, and launching a local cluster.
+
+``serve`` runs one ps or worker task described by TF_CONFIG (``shardflow train-server``): a
+worker first prepares the shards it will read (fetch, decode), then serves.
+
+``LocalCluster`` is the supervisor behind ``shardflow train --cluster local``: it starts
+every ps and worker as its own OS process on 127.0.0.1 (free ports), then the coordinator as
+one more process (``shardflow train --tf-config``, TF_CONFIG task ``chief``). It stays
+outside the coordinator because a lost ps can only be recovered by new ps *and* coordinator
+processes restoring from the last checkpoint (DESIGN.md fact 8): the coordinator then exits
+with :data:`EXIT_RESTART` and the supervisor starts them again. A worker that dies is
+restarted on its address and rejoins. Every process it started is stopped on success, on
+error, on Ctrl-C and on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import yaml
+
+from .config import TrainConfig
+from .strategy import ClusterSpec, server_config
+
+__all__ = ["EXIT_RESTART", "LocalCluster", "serve", "prepare_worker"]
+
+log = logging.getLogger(__name__)
+
+EXIT_RESTART = 75  # the coordinator lost a ps: restart ps and coordinator from the last checkpoint
+_READY_TIMEOUT = 300.0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def prepare_worker(config: TrainConfig, spec: ClusterSpec) -> int:
+    """Make this worker's training shards readable here (fetch remote ones, decode Parquet).
+    Returns how many shards it will read."""
+    from shardflow.storage import open_dataset
+
+    from .inputs import InputSpec, ShardReader, choose_format, worker_shards
+
+    dataset = open_dataset(config.data, storage_options=config.storage_options)
+    inputs = InputSpec.from_dataset(dataset, config.label)
+    fmt = choose_format(dataset, config.train_split, config.format)
+    shards = [s for s in dataset.shards(config.train_split) if s.format.startswith(fmt)]
+    mine, _ = worker_shards(shards, spec.task_index, spec.workers)
+    ShardReader(dataset, inputs, cache_dir=config.resolved_cache_dir(), cache_bytes=config.cache_bytes).prepare(mine)
+    return len(mine)
+
+
+def serve(spec: ClusterSpec, config: TrainConfig | None) -> None:
+    """Run the ps or worker task ``spec`` names until the process is stopped."""
+    if spec.task_type not in ("ps", "worker"):
+        raise ValueError(f"TF_CONFIG.task.type is {spec.task_type!r}; `shardflow train-server` runs ps and worker "
+                         "tasks (the chief runs `shardflow train --tf-config`).")
+    if spec.task_type == "worker" and config is not None:
+        count = prepare_worker(config, spec)
+        log.info("worker %d: %d shard(s) ready", spec.task_index, count)
+    os.environ.setdefault("GRPC_FAIL_FAST", "use_caller")
+    import tensorflow as tf
+
+    server = tf.distribute.Server(tf.train.ClusterSpec(spec.cluster), job_name=spec.task_type,
+                                  task_index=spec.task_index, protocol="grpc", config=server_config(spec.workers),
+                                  start=True)
+    log.info("%s %d serving at %s", spec.task_type, spec.task_index, server.target)
+    server.join()
+
+
+@dataclass
+class _Task:
+    job: str
+    index: int
+    address: str
+    process: subprocess.Popen[bytes] | None = None
+    log_file: IO[bytes] | None = field(default=None, repr=False)
+
+
+class LocalCluster:
+    """Supervises a local ps/worker cluster and its coordinator; see the module docstring."""
+
+    def __init__(self, config: TrainConfig, *, config_path: str | None = None) -> None:
+        """
+        Args:
+            config: The training config (``workers``, ``ps``, ``max_restarts``, ``run_dir`` ...).
+            config_path: The user's YAML, only for messages.
+        """
+        self.config = config
+        self.log_dir = os.path.join(config.run_dir, "logs")
+        self.tasks: list[_Task] = []
+        self.coordinator: subprocess.Popen[bytes] | None = None
+        self.restarts = 0
+
+    # -- processes -----------------------------------------------------------------------------
+    def _env(self, cluster: dict[str, list[str]], job: str, index: int) -> dict[str, str]:
+        env = dict(os.environ)
+        env["TF_CONFIG"] = json.dumps({"cluster": cluster, "task": {"type": job, "index": index}})
+        env["GRPC_FAIL_FAST"] = "use_caller"
+        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        return env
+
+    def _start_task(self, task: _Task, cluster: dict[str, list[str]], config_file: str) -> None:
+        os.makedirs(self.log_dir, exist_ok=True)
+        if task.log_file is None:
+            task.log_file = open(os.path.join(self.log_dir, f"{task.job}-{task.index}.log"), "ab")
+        task.process = subprocess.Popen(
+            [sys.executable, "-m", "shardflow", "train-server", config_file], env=self._env(cluster, task.job, task.index),
+            stdout=task.log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def _log_tail(self, task: _Task, lines: int = 15) -> str:
+        try:
+            with open(os.path.join(self.log_dir, f"{task.job}-{task.index}.log"), "rb") as f:
+                return "\n".join(f.read().decode(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def _wait_ready(self) -> None:
+        """Wait until every task accepts connections (workers first prepare their shards)."""
+        deadline = time.monotonic() + _READY_TIMEOUT
+        waiting = list(self.tasks)
+        while waiting:
+            task = waiting[0]
+            assert task.process is not None
+            if task.process.poll() is not None:
+                raise RuntimeError(f"{task.job} {task.index} exited with code {task.process.returncode} before serving; "
+                                   f"its log ({self.log_dir}):\n{self._log_tail(task)}")
+            host, port = task.address.rsplit(":", 1)
+            with contextlib.suppress(OSError), socket.create_connection((host, int(port)), timeout=0.5):
+                waiting.pop(0)
+                continue
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{task.job} {task.index} did not start serving within {_READY_TIMEOUT:.0f} s; "
+                                   f"its log:\n{self._log_tail(task)}")
+            time.sleep(0.2)
+
+    def _stop(self, process: subprocess.Popen[bytes] | None) -> None:
+        if process is None or process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+    def stop(self) -> None:
+        """Stop the coordinator and every task (idempotent)."""
+        self._stop(self.coordinator)
+        for task in self.tasks:
+            self._stop(task.process)
+            if task.log_file is not None:
+                task.log_file.close()
+                task.log_file = None
+
+    @contextlib.contextmanager
+    def _signals(self) -> Iterator[None]:
+        """SIGTERM as KeyboardInterrupt, so the cleanup in :meth:`run` runs for it too."""
+        def on_term(signum: int, frame: Any) -> None:
+            raise KeyboardInterrupt
+
+        previous = signal.signal(signal.SIGTERM, on_term)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    # -- supervision ---------------------------------------------------------------------------
+    def run(self) -> int:
+        """Run the job to the end; returns the coordinator's exit code (0: success)."""
+        private = tempfile.mkdtemp(prefix="shardflow-cluster-")
+        config_file = os.path.join(private, "config.yaml")  # holds storage secrets: readable by us only
+        with open(os.open(config_file, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
+            yaml.safe_dump({**self.config.model_dump(mode="json"), "cluster": "tf-config"}, f)
+        try:
+            with self._signals():
+                while True:
+                    code = self._attempt(config_file)
+                    if code == EXIT_RESTART and self.restarts < self.config.max_restarts:
+                        self.restarts += 1
+                        log.warning("A parameter server was lost; restarting ps and coordinator from the last "
+                                    "checkpoint (restart %d of %d).", self.restarts, self.config.max_restarts)
+                        continue
+                    return code
+        finally:
+            self.stop()
+            with contextlib.suppress(OSError):
+                os.unlink(config_file)
+                os.rmdir(private)
+
+    def _attempt(self, config_file: str) -> int:
+        self.stop()
+        jobs = {"ps": self.config.ps, "worker": self.config.workers}
+        self.tasks = [_Task(job, i, f"127.0.0.1:{_free_port()}") for job, n in jobs.items() for i in range(n)]
+        chief = f"127.0.0.1:{_free_port()}"
+        cluster = {"chief": [chief], **{job: [t.address for t in self.tasks if t.job == job] for job in jobs}}
+        for task in self.tasks:
+            self._start_task(task, cluster, config_file)
+        self._wait_ready()
+        self.coordinator = subprocess.Popen([sys.executable, "-m", "shardflow", "train", config_file],
+                                            env=self._env(cluster, "chief", 0), start_new_session=True)
+        ps_lost_at: float | None = None
+        while (code := self.coordinator.poll()) is None:
+            for task in self.tasks:
+                assert task.process is not None
+                if task.process.poll() is None:
+                    continue
+                if task.job == "worker":  # rejoins on the same address; its steps are retried meanwhile
+                    log.warning("worker %d exited with code %s; restarting it.", task.index, task.process.returncode)
+                    self._start_task(task, cluster, config_file)
+                elif ps_lost_at is None:
+                    log.warning("ps %d exited with code %s.", task.index, task.process.returncode)
+                    ps_lost_at = time.monotonic()
+            if ps_lost_at is not None and time.monotonic() - ps_lost_at > 60:
+                self._stop(self.coordinator)  # it should have noticed by now
+                return EXIT_RESTART
+            time.sleep(0.5)
+        return EXIT_RESTART if ps_lost_at is not None and code != 0 else code
