@@ -1,0 +1,291 @@
+"""Benchmark training: input pipelines, parameter-server training and checkpoints, against bare baselines.
+
+For N rows of synth data run through the pipeline to Parquet and TFRecord (train/eval split),
+every figure below is compared with a baseline measured in this process, on the same data:
+
+  1. TFRecord input (examples/s): ``make_dataset(..., "tfrecord")`` (interleaved reads, 8192-row
+     shuffle, parse, label split, about one epoch) over the train shards, against a bare
+     ``TFRecordDataset(num_parallel_reads=AUTOTUNE) → batch(512) → map(parse_example) →
+     prefetch`` with the same parse spec. Each is drained twice; the better run counts.
+  2. Parquet input (examples/s): ``make_dataset(..., "parquet")`` over the columnar cache that
+     ``ShardReader.prepare`` decodes the Parquet train shards into, against the same bare
+     TFRecord baseline. The read ratio EXCLUDES that one-time decode, reported on its own
+     (rows/s of ``prepare``).
+  3. Parameter-server training (examples/s): ``shardflow train`` with a local cluster of
+     1 worker and 1 ps (real processes), against ``trainer.train`` in this process with no
+     strategy; same model, same steps. Both rates exclude start-up (the trainer measures from
+     the first scheduled step).
+  4. Checkpoint upload (MB/s, MB = 10^6 bytes) to a local S3 test server (moto): a ~256 MiB
+     TensorFlow checkpoint published with ``CheckpointStore.publish``, against a raw
+     ``fs.put_file`` of the same files. Each is run twice; the better run counts.
+  5. Training blocked by a checkpoint (s): ``CheckpointWriter.save`` (asynchronous write and
+     upload), against a synchronous ``tf.train.Checkpoint.write`` plus ``publish`` of the same
+     state to the same server. Median of 3 saves each.
+
+Usage: python benchmarks/train_bench.py [--rows N] [--steps S] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import shardflow.training  # noqa: F401  (first: imports TensorFlow with its start-up noise hidden)
+import tensorflow as tf
+import yaml
+
+from shardflow.pipelines.config import load_config
+from shardflow.pipelines.run import run_pipeline
+from shardflow.pipelines.synth import SynthConfig, synthesize
+from shardflow.storage import CheckpointStore, Dataset, open_dataset, resolve
+from shardflow.training.checkpointing import CheckpointWriter
+from shardflow.training.config import load_train_config
+from shardflow.training.inputs import InputSpec, ShardReader, make_dataset
+from shardflow.training.trainer import train
+
+BATCH = 512
+SHUFFLE = 8192
+MODEL = {"hash_buckets": 1 << 18, "embedding_dim": 16, "hidden_units": [256, 128]}  # both training runs
+S3_KEY, S3_SECRET, BUCKET = "bench-key", "bench-secret", "shardflow-bench"
+
+
+@dataclass(frozen=True)
+class Check:
+    """One measured figure against its baseline, and the ratio it should reach."""
+
+    name: str
+    unit: str
+    key: str  # results key of the measured figure; the baseline is "<key>_baseline"
+    target: float
+    digits: int  # decimals printed
+    lower_is_better: bool = False
+
+    def met(self, ratio: float) -> bool:
+        return ratio <= self.target if self.lower_is_better else ratio >= self.target
+
+
+CHECKS = [
+    Check("TFRecord input", "examples/s", "input_tfrecord", 0.9, 0),
+    Check("Parquet input (read only)", "examples/s", "input_parquet", 1.0, 0),
+    Check("PS training, 1 worker + 1 ps", "examples/s", "train_ps", 0.7, 0),
+    Check("checkpoint upload", "MB/s", "upload", 0.9, 1),
+    Check("training blocked by checkpoint", "s", "blocked", 0.05, 3, lower_is_better=True),
+]
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def make_data(tmp: str, rows: int) -> str:
+    """Synth data through the pipeline to a dataset with Parquet and TFRecord shards; its path."""
+    raw, out = os.path.join(tmp, "raw"), os.path.join(tmp, "ds")
+    per_shard = max(rows // 5, 1000)  # 80 % train: 4 train shards
+    synthesize(raw, SynthConfig(rows=rows, days=2, rows_per_shard=per_shard))
+    run_pipeline(load_config(None, {"input": raw, "output": out, "label": "label", "formats": ["parquet", "tfrecord"],
+                                    "rows_per_shard": per_shard}))
+    return out
+
+
+# -- 1, 2: input pipelines -------------------------------------------------------------------
+def drain(dataset: tf.data.Dataset, label: str) -> int:
+    """Rows in ``dataset``, read to the end."""
+    rows = 0
+    for batch in dataset:
+        labels = batch[1] if isinstance(batch, tuple) else batch[label]
+        rows += int(labels.shape[0])
+    return rows
+
+
+def best_rate(make: Callable[[], tf.data.Dataset], label: str, runs: int = 2) -> float:
+    """Rows/s of the best of ``runs`` full reads of a fresh ``make()``."""
+    best = 0.0
+    for _ in range(runs):
+        dataset = make()
+        start = time.perf_counter()
+        rows = drain(dataset, label)
+        best = max(best, rows / (time.perf_counter() - start))
+    return best
+
+
+def bare_tfrecord(files: list[str], spec: InputSpec) -> tf.data.Dataset:
+    parse_spec = spec.parse_spec()
+    return (tf.data.TFRecordDataset(files, num_parallel_reads=tf.data.AUTOTUNE).batch(BATCH)
+            .map(lambda b: tf.io.parse_example(b, parse_spec), num_parallel_calls=tf.data.AUTOTUNE)
+            .prefetch(tf.data.AUTOTUNE))
+
+
+def ours(paths: list[str], fmt: str, spec: InputSpec, batches: int) -> tf.data.Dataset:
+    return make_dataset(paths, fmt, spec, batch_size=BATCH, shuffle_buffer=SHUFFLE, seed=0).take(batches)
+
+
+def bench_inputs(dataset: Dataset, tmp: str, results: dict[str, float]) -> None:
+    spec = InputSpec.from_dataset(dataset, None)
+    reader = ShardReader(dataset, spec, cache_dir=os.path.join(tmp, "cache"), cache_bytes=1 << 30)
+    shards = {fmt: [s for s in dataset.shards("train") if s.format == fmt] for fmt in ("tfrecord", "parquet")}
+    rows = sum(s.rows for s in shards["tfrecord"])
+    batches = rows // BATCH  # one epoch (make_dataset drops the last partial batch)
+    tfrecord = reader.prepare(shards["tfrecord"])  # local TFRecord shards: read in place
+    baseline = best_rate(lambda: bare_tfrecord(tfrecord, spec), spec.label)
+    results["input_tfrecord"] = best_rate(lambda: ours(tfrecord, "tfrecord", spec, batches), spec.label)
+    parquet: list[str] = []
+    results["parquet_prepare_rows_per_s"] = rows / timed(lambda: parquet.extend(reader.prepare(shards["parquet"])))
+    results["input_parquet"] = best_rate(lambda: ours(parquet, "parquet", spec, batches), spec.label)
+    results["input_tfrecord_baseline"] = results["input_parquet_baseline"] = baseline
+
+
+# -- 3: parameter-server training ------------------------------------------------------------
+def train_overrides(data: str, run_dir: str, steps: int, cluster: str) -> dict[str, Any]:
+    return {"data": data, "run_dir": run_dir, "steps": steps, "eval_split": None, "cluster": cluster,
+            "workers": 1, "ps": 1, "batch_size": BATCH, "checkpoint": {"every_steps": 10**9}, "log_every": 50,
+            "model": MODEL}
+
+
+def train_ps(data: str, tmp: str, steps: int) -> float:
+    """examples/s of ``shardflow train`` on a local 1-worker, 1-ps cluster (from its summary table)."""
+    config = os.path.join(tmp, "ps.yaml")
+    with open(config, "w") as f:
+        yaml.safe_dump(train_overrides(data, os.path.join(tmp, "run-ps"), steps, "local"), f)
+    exe = os.path.join(os.path.dirname(sys.executable), "shardflow")
+    proc = subprocess.run([exe, "train", config], capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "COLUMNS": "200"})
+    match = re.search(r"examples/s\W+([\d,]+) \(", proc.stdout)
+    if proc.returncode != 0 or match is None:
+        raise RuntimeError(f"shardflow train (local cluster) exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr[-3000:]}")
+    return float(match.group(1).replace(",", ""))
+
+
+def bench_training(data: str, tmp: str, steps: int, results: dict[str, float]) -> None:
+    config = load_train_config(None, train_overrides(data, os.path.join(tmp, "run-single"), steps, "none"))
+    results["train_ps_baseline"] = train(config).examples_per_s
+    results["train_ps"] = train_ps(data, tmp, steps)
+
+
+# -- 4, 5: checkpoints on the S3 test server --------------------------------------------------
+@contextlib.contextmanager
+def s3_server() -> Iterator[dict[str, Any]]:
+    """moto's S3 server on a free loopback port with one bucket; yields the storage options."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=S3_KEY, aws_secret_access_key=S3_SECRET,
+                     region_name="us-east-1").create_bucket(Bucket=BUCKET)
+        yield {"endpoint_url": endpoint, "key": S3_KEY, "secret": S3_SECRET,
+               "client_kwargs": {"region_name": "us-east-1"}}
+    finally:
+        server.stop()
+
+
+def local_files(directory: str) -> list[str]:
+    return sorted(os.path.join(d, f) for d, _, files in os.walk(directory) for f in files)
+
+
+def bench_upload(checkpoint: tf.train.Checkpoint, tmp: str, options: dict[str, Any], results: dict[str, float]) -> None:
+    local = os.path.join(tmp, "upload")
+    checkpoint.write(os.path.join(local, "ckpt"))
+    files = local_files(local)
+    megabytes = sum(os.path.getsize(f) for f in files) / 1e6
+    store = CheckpointStore(f"s3://{BUCKET}/upload", storage_options=options)
+    fs, root = resolve(f"s3://{BUCKET}/raw-upload", options)
+
+    def raw_put(run: int) -> None:
+        for path in files:
+            fs.put_file(path, f"{root}/{run}/{os.path.relpath(path, local)}")
+
+    results["upload"] = max(megabytes / timed(lambda step=step: store.publish(local, step)) for step in (1, 2))
+    results["upload_baseline"] = max(megabytes / timed(lambda run=run: raw_put(run)) for run in (1, 2))
+    results["checkpoint_mb"] = megabytes
+
+
+def sync_save(variable: tf.Variable, directory: str, store: CheckpointStore, step: int) -> float:
+    """Seconds to write the checkpoint and publish it, as a synchronous trainer would be blocked."""
+    def save() -> None:
+        tf.train.Checkpoint(v=variable).write(os.path.join(directory, "ckpt"))
+        store.publish(directory, step)
+
+    return timed(save)
+
+
+def bench_blocking(variable: tf.Variable, tmp: str, options: dict[str, Any], results: dict[str, float],
+                   saves: int = 3) -> None:
+    writer = CheckpointWriter(tf.train.Checkpoint(v=variable), CheckpointStore(f"s3://{BUCKET}/async",
+                                                                               storage_options=options),
+                              local_dir=os.path.join(tmp, "async"), keep=2)
+    blocked = []
+    try:
+        for step in range(1, saves + 1):
+            blocked.append(writer.save(step))
+            writer.wait()  # committed before the next save, as after a stretch of training steps
+    finally:
+        writer.close()
+    store = CheckpointStore(f"s3://{BUCKET}/sync", storage_options=options)
+    synchronous = [sync_save(variable, os.path.join(tmp, f"sync-{step}"), store, step) for step in range(1, saves + 1)]
+    results["blocked"] = statistics.median(blocked)
+    results["blocked_baseline"] = statistics.median(synchronous)
+
+
+def bench_checkpoints(tmp: str, results: dict[str, float]) -> None:
+    variable = tf.Variable(tf.random.normal([1 << 24, 4]))  # 256 MiB of float32
+    with s3_server() as options:
+        bench_upload(tf.train.Checkpoint(v=variable), tmp, options, results)
+        bench_blocking(variable, tmp, options, results)
+
+
+# -- report ----------------------------------------------------------------------------------
+def print_table(results: dict[str, float], rows: int, steps: int, path: str) -> None:
+    print(f"training benchmark, {rows:,} rows of synth data, {steps} training steps, {os.cpu_count()} cores")
+    print(f"  {'':32s}{'unit':>11s}{'measured':>12s}{'baseline':>12s}{'ratio':>8s}{'target':>9s}")
+    for check in CHECKS:
+        ratio = results[f"{check.key}_over_baseline"]
+        target = f"{'<=' if check.lower_is_better else '>='} {check.target:g}"
+        measured, baseline = (f"{results[k]:>12,.{check.digits}f}" for k in (check.key, f"{check.key}_baseline"))
+        print(f"  {check.name:32s}{check.unit:>11s}{measured}{baseline}{ratio:>8.2f}{target:>9s}  "
+              f"{'met' if check.met(ratio) else 'NOT met'}")
+    print(f"  Parquet read excludes the one-time decode into the columnar cache: "
+          f"{results['parquet_prepare_rows_per_s']:,.0f} rows/s")
+    print(f"  checkpoint size {results['checkpoint_mb']:,.0f} MB; written to {path}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=200_000)
+    parser.add_argument("--steps", type=int, default=600, help="training steps of each training run")
+    parser.add_argument("--json", default="bench-results/train.json")
+    args = parser.parse_args()
+    results: dict[str, float] = {"rows": args.rows, "steps": args.steps}
+    with tempfile.TemporaryDirectory() as tmp:
+        data = make_data(tmp, args.rows)
+        bench_inputs(open_dataset(data), tmp, results)
+        bench_training(data, tmp, args.steps, results)
+        bench_checkpoints(tmp, results)
+    for check in CHECKS:
+        results[f"{check.key}_over_baseline"] = results[check.key] / results[f"{check.key}_baseline"]
+    os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
+    with open(args.json, "w") as f:
+        json.dump(results, f, indent=1)
+    print_table(results, args.rows, args.steps, args.json)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,220 @@
+"""Training: real ps/worker processes on 127.0.0.1, checkpoints on the S3 test server, resume, export."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from shardflow.pipelines.config import load_config
+from shardflow.pipelines.run import run_pipeline
+from shardflow.pipelines.synth import SynthConfig, synthesize
+from shardflow.storage import CheckpointStore, open_dataset, resolve
+
+from .conftest import run_cli
+
+SMALL_MODEL = {"hash_buckets": 4096, "embedding_dim": 4, "hidden_units": [16], "min_shard_bytes": 4096}
+
+
+@pytest.fixture(scope="module")
+def clicks(tmp_path_factory) -> str:
+    """A committed dataset with TFRecord and Parquet shards: 4 train shards, 1 eval shard."""
+    root = tmp_path_factory.mktemp("train-data")
+    synthesize(str(root / "raw"), SynthConfig(rows=30_000, days=2, rows_per_shard=15_000))
+    run_pipeline(load_config(None, {"input": str(root / "raw"), "output": str(root / "clicks"), "label": "label",
+                                    "formats": ["parquet", "tfrecord"], "rows_per_shard": 6_000}))
+    return str(root / "clicks")
+
+
+def _config(tmp_path, **settings) -> str:
+    path = tmp_path / "train.yaml"
+    path.write_text(yaml.safe_dump({"model": SMALL_MODEL, "batch_size": 128, "log_every": 10, "eval_rows": 2000,
+                                    "run_dir": str(tmp_path / "run"), **settings}))
+    return str(path)
+
+
+def _cluster_processes() -> list[str]:
+    """Command lines of running ``shardflow train`` / ``train-server`` processes."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if "shardflow train" in cmdline and int(pid) != os.getpid():
+            found.append(f"{pid}: {cmdline}")
+    return found
+
+
+def test_strategy_follows_the_hardware_unless_named() -> None:
+    from shardflow.training.strategy import ClusterSpec, select_strategy
+
+    cluster = ClusterSpec({"chief": ["h:1"], "worker": ["h:2"], "ps": ["h:3"]}, "chief", 0)
+    assert select_strategy("auto", cluster=cluster, tpus=0, gpus=0) == "parameter_server"
+    assert select_strategy("auto", cluster=cluster, tpus=0, gpus=4) == "parameter_server"  # GPU workers allowed
+    assert select_strategy("auto", cluster=None, tpus=8, gpus=0) == "tpu"
+    assert select_strategy("auto", cluster=None, tpus=0, gpus=2) == "mirrored"
+    assert select_strategy("auto", cluster=None, tpus=0, gpus=1) == "default"
+    assert select_strategy("auto", cluster=None, tpus=0, gpus=0) == "default"
+    assert select_strategy("mirrored", cluster=None, tpus=0, gpus=0) == "mirrored"
+    with pytest.raises(ValueError, match="needs a cluster with ps tasks"):
+        select_strategy("parameter_server", cluster=None, tpus=0, gpus=0)
+
+
+@pytest.mark.parametrize(("tf_config", "message"), [
+    ("{not json", "not valid JSON"),
+    ('{"task": {"type": "chief", "index": 0}}', "non-empty `cluster`"),
+    ('{"cluster": {"worker": ["localhost"]}, "task": {"type": "worker", "index": 0}}', r"cluster.worker\[0\]"),
+    ('{"cluster": {"worker": ["h:1"], "boss": ["h:2"]}, "task": {"type": "worker"}}', "job 'boss'"),
+    ('{"cluster": {"worker": ["h:1"]}, "task": {"type": "worker", "index": 3}}', "must be 0..0"),
+    ('{"cluster": {"worker": ["h:1"]}, "task": {"type": "ps", "index": 0}}', "not a job in the cluster"),
+    ('{"cluster": {"worker": ["h:1"]}}', "needs a `task`"),
+])
+def test_bad_tf_config_says_what_is_wrong(tf_config: str, message: str) -> None:
+    from shardflow.training.strategy import parse_tf_config
+
+    with pytest.raises(ValueError, match=message):
+        parse_tf_config(tf_config)
+
+
+def test_cli_rejects_bad_tf_config_in_one_line(clicks, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("TF_CONFIG", '{"cluster": {"ps": ["127.0.0.1:1"]}, "task": {"type": "ps", "index": 0}}')
+    proc = run_cli("train", _config(tmp_path), "--data", clicks, "--tf-config", check=False)
+    assert proc.returncode == 2
+    assert "TF_CONFIG.cluster has ps tasks but no worker tasks" in proc.stderr and "Traceback" not in proc.stderr
+    monkeypatch.setenv("TF_CONFIG", "[1, 2")
+    proc = run_cli("train-server", check=False)
+    assert proc.returncode == 2 and "TF_CONFIG is not valid JSON" in proc.stderr
+
+
+def test_each_worker_reads_its_own_shards(clicks) -> None:
+    from shardflow.training.inputs import worker_shards
+
+    shards = open_dataset(clicks).shards("train")
+    parts = [worker_shards(shards, w, 3)[0] for w in range(3)]
+    assert sorted(s.path for part in parts for s in part) == sorted(s.path for s in shards)
+    assert all(len(part) >= 2 for part in parts)
+    assert not {s.path for s in parts[0]} & {s.path for s in parts[1]}
+    few, striped = worker_shards(shards[:1], 1, 2)  # fewer shards than workers: every worker, its stripe of rows
+    assert few == shards[:1] and striped
+
+
+@pytest.mark.parametrize("fmt", ["tfrecord", "parquet"])
+def test_a_resumed_stream_continues_where_it_stopped(clicks, tmp_path, fmt: str) -> None:
+    from shardflow.training.inputs import InputSpec, ShardReader, make_dataset
+
+    dataset = open_dataset(clicks)
+    spec = InputSpec.from_dataset(dataset, None)
+    shards = [s for s in dataset.shards("train") if s.format == fmt]
+    paths = ShardReader(dataset, spec, cache_dir=str(tmp_path / "cache"), cache_bytes=1 << 30).prepare(shards)
+
+    def stream(skip: int):
+        ds = make_dataset(paths, fmt, spec, batch_size=100, shuffle_buffer=1000, seed=3, skip_batches=skip)
+        return [(features["C1"].numpy(), label.numpy()) for features, label in ds.take(3)]
+
+    whole = stream(0)  # the first three batches
+    continuous = [(f["C1"].numpy(), lab.numpy()) for f, lab in make_dataset(
+        paths, fmt, spec, batch_size=100, shuffle_buffer=1000, seed=3).skip(250).take(3)]  # crosses an epoch
+    resumed = stream(250)
+    assert len(resumed) == 3 and all((a[0] == b[0]).all() and (a[1] == b[1]).all() for a, b in zip(continuous, resumed))
+    assert not all((a[0] == b[0]).all() for a, b in zip(whole, resumed))
+    rows = sum(s.rows for s in shards)
+    features, _ = next(iter(make_dataset(paths, fmt, spec, batch_size=rows, repeat=False)))
+    assert np.isnan(features["I2"].numpy()).any()  # nulls stay visible to the model
+
+
+def test_local_cluster_trains_checkpoints_to_s3_resumes_and_exports(clicks, s3_server, tmp_path) -> None:
+    import tensorflow as tf
+
+    checkpoints = f"s3://{s3_server.bucket}/train-{os.getpid()}/checkpoints"
+    config = _config(tmp_path, checkpoint={"every_steps": 20, "keep": 5})
+    args = ["train", config, "--data", clicks, "--cluster", "local", "--workers", "2", "--ps", "2",
+            "--checkpoint-dir", checkpoints, *s3_server.cli_options]
+    first = run_cli(*args, "--steps", "40", timeout=600)
+    assert "parameter_server" in first.stdout and "0 → 40" in first.stdout
+    assert s3_server.storage_options["secret"] not in first.stdout + first.stderr
+    assert not _cluster_processes(), "processes left behind"
+    store = CheckpointStore(checkpoints, storage_options=s3_server.storage_options)
+    assert store.steps() == [20, 40]
+    consumed = store.latest().metadata["batches_consumed"]
+    assert sum(consumed) == 40 and all(n > 0 for n in consumed)  # both workers read, nothing counted twice
+
+    second = run_cli(*args, "--steps", "60", timeout=600)
+    assert "resumed from 40" in second.stdout and "40 → 60" in second.stdout
+    latest = store.latest()
+    assert latest.step == 60 and sum(latest.metadata["batches_consumed"]) == 60
+    assert all(b >= a for a, b in zip(consumed, latest.metadata["batches_consumed"]))
+    assert not _cluster_processes(), "processes left behind"
+
+    # Anyone can fetch a committed checkpoint with plain tools and read it with TensorFlow.
+    fs, root = resolve(checkpoints, s3_server.storage_options)
+    fs.get(f"{root}/{latest.directory}", str(tmp_path / "plain"), recursive=True)
+    reader = tf.train.load_checkpoint(str(tmp_path / "plain"))
+    shapes = reader.get_variable_to_shape_map()
+    assert [SMALL_MODEL["hash_buckets"], SMALL_MODEL["embedding_dim"]] in shapes.values()  # one whole table
+    assert any("batches_consumed" in name for name in shapes)
+
+    # The export loads without shardflow and serves raw columns.
+    exported = sorted((tmp_path / "run" / "export").iterdir())[-1]
+    assert exported.name == f"{60:012d}"
+    model = tf.saved_model.load(str(exported))
+    dataset = open_dataset(clicks)
+    shard = next(s for s in dataset.shards("eval") if s.format == "parquet")
+    rows = pq.read_table(dataset.shard_path(shard)).slice(0, 5).to_pydict()
+    serve = model.signatures["serving_default"]
+    inputs = {name: tf.constant([np.nan if v is None else v for v in rows[name]], tf.float32)
+              if spec.dtype == tf.float32 else tf.constant(["" if v is None else v for v in rows[name]])
+              for name, spec in serve.structured_input_signature[1].items()}
+    probability = serve(**inputs)["probability"].numpy()
+    assert probability.shape == (5,) and ((probability > 0) & (probability < 1)).all()
+    assert (tmp_path / "run" / "curves.png").stat().st_size > 1000
+    assert any((tmp_path / "run" / "tensorboard").iterdir())
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["checkpoint_dir"] == checkpoints and s3_server.storage_options["secret"] not in json.dumps(saved)
+
+
+def test_local_cluster_reads_parquet_shards(clicks, tmp_path) -> None:
+    proc = run_cli("train", _config(tmp_path), "--data", clicks, "--cluster", "local", "--workers", "2", "--ps", "1",
+                   "--format", "parquet", "--steps", "20", timeout=600)
+    assert "parquet" in proc.stdout or "parameter_server" in proc.stdout
+    consumed = CheckpointStore(str(tmp_path / "run" / "checkpoints")).latest().metadata["batches_consumed"]
+    assert sum(consumed) == 20 and all(n > 0 for n in consumed)
+    decoded = {p.name.split("-")[0] for p in (tmp_path / "run" / "cache" / "columns").iterdir()}
+    wanted = {s.checksum.split(":")[1] for s in open_dataset(clicks).shards() if s.format == "parquet"}
+    assert decoded == wanted  # the workers decoded the train shards, the coordinator the eval shard
+
+
+def test_user_model_by_import_path(clicks, tmp_path) -> None:
+    from shardflow.training.config import load_train_config
+    from shardflow.training.trainer import train
+
+    config = load_train_config(_config(tmp_path), {"data": clicks, "steps": 15, "eval_every": 10,
+                                                   "model": {"function": "tests.helpers.tiny_model:linear_model"}})
+    summary = train(config)
+    assert summary.strategy == "default" and summary.steps == 15
+    assert len(summary.evaluations) == 2 and 0.0 <= summary.evaluations[-1]["auc"] <= 1.0
+    assert os.path.exists(os.path.join(summary.export_path, "saved_model.pb"))
+
+
+def test_ctrl_c_stops_every_process(clicks, tmp_path) -> None:
+    exe = os.path.join(os.path.dirname(sys.executable), "shardflow")
+    proc = subprocess.Popen([exe, "train", _config(tmp_path), "--data", clicks, "--cluster", "local", "--workers", "2",
+                             "--ps", "1", "--steps", "1000000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    while not (tmp_path / "run" / "tensorboard").exists():  # the coordinator is training
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.5)
+    assert len(_cluster_processes()) >= 4  # supervisor, coordinator, 2 workers, 1 ps
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert not _cluster_processes(), "processes left behind"
