@@ -218,3 +218,36 @@ def test_ctrl_c_stops_every_process(clicks, tmp_path) -> None:
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
     assert not _cluster_processes(), "processes left behind"
+
+
+def _ps_processes() -> list[int]:
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f, open(f"/proc/{pid}/environ", "rb") as e:
+                if b"train-server" in f.read() and b'"type": "ps"' in e.read():
+                    pids.append(int(pid))
+        except OSError:
+            continue
+    return pids
+
+
+def test_a_lost_ps_is_replaced_and_training_resumes_from_the_last_checkpoint(clicks, tmp_path) -> None:
+    exe = os.path.join(os.path.dirname(sys.executable), "shardflow")
+    proc = subprocess.Popen([exe, "train", _config(tmp_path, checkpoint={"every_steps": 25}), "--data", clicks,
+                             "--cluster", "local", "--workers", "2", "--ps", "1", "--steps", "400"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    records = tmp_path / "run" / "checkpoints" / "_checkpoints"
+    deadline = time.monotonic() + 240
+    while not (records.exists() and any(records.iterdir())):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.5)
+    lost = _ps_processes()
+    assert len(lost) == 1
+    os.kill(lost[0], signal.SIGKILL)
+    stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, stderr
+    assert "A parameter server was lost; restarting ps and coordinator" in stderr
+    assert "(resumed from " in stdout and "→ 400" in stdout
+    assert CheckpointStore(str(tmp_path / "run" / "checkpoints")).latest().step == 400
+    assert not _cluster_processes(), "processes left behind"

@@ -12,6 +12,7 @@ downloads it can call ``tf.train.load_checkpoint(directory)``.
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import queue
@@ -56,6 +57,12 @@ class CheckpointWriter:
         self.stats = CheckpointStats()
         self._queue: queue.Queue[tuple[int, str, dict[str, Any]] | None] = queue.Queue()
         self._error: BaseException | None = None
+        # One options object for every save (a new callback each time would retrace TF's save
+        # function); writes finish in the order they start, so the callback takes the oldest.
+        self._writing: collections.deque[tuple[int, str, dict[str, Any]]] = collections.deque()
+        self._options = tf.train.CheckpointOptions(
+            experimental_enable_async_checkpoint=True,
+            experimental_write_callbacks=[lambda: self._queue.put(self._writing.popleft())])
         self._thread = threading.Thread(target=self._upload_loop, name="checkpoint-upload", daemon=True)
         self._thread.start()
 
@@ -71,10 +78,8 @@ class CheckpointWriter:
         directory = os.path.join(self.local_dir, f"step-{step:012d}")
         if os.path.exists(directory):
             shutil.rmtree(directory)
-        item = (step, directory, dict(metadata or {}))
-        options = tf.train.CheckpointOptions(experimental_enable_async_checkpoint=True,
-                                             experimental_write_callbacks=[lambda: self._queue.put(item)])
-        self.checkpoint.write(os.path.join(directory, PREFIX), options=options)
+        self._writing.append((step, directory, dict(metadata or {})))
+        self.checkpoint.write(os.path.join(directory, PREFIX), options=self._options)
         blocked = time.perf_counter() - started
         self.stats.saves += 1
         self.stats.blocked_seconds += blocked

@@ -108,6 +108,8 @@ def train(config: TrainConfig, *, cluster: ClusterSpec | None = None, progress: 
         progress: ``progress(event, **values)`` with events ``start``, ``step``, ``eval``, ``checkpoint``.
     """
     report = progress or (lambda event, **values: None)
+    if not log.isEnabledFor(logging.INFO):  # TensorFlow's Python warnings (retracing hints ...) are noise here
+        tf.get_logger().setLevel(logging.ERROR)
     dataset = open_dataset(config.data, storage_options=config.storage_options)
     spec = InputSpec.from_dataset(dataset, config.label)
     fmt = choose_format(dataset, config.train_split, config.format)
@@ -272,7 +274,7 @@ def _eval_data(config: TrainConfig, dataset: Any, spec: InputSpec, reader: Shard
     fmt = choose_format(dataset, config.eval_split, config.format)
     shards = [s for s in dataset.shards(config.eval_split) if s.format.startswith(fmt)]
     paths = reader.prepare(shards)
-    batch = 4096
+    batch = min(4096, config.eval_rows or 4096)
     ds = make_dataset(paths, fmt, spec, batch_size=batch, repeat=False,
                       compressed=any(s.format.endswith(".gz") for s in shards))
     return ds.take(math.ceil(config.eval_rows / batch)) if config.eval_rows else ds
