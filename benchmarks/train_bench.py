@@ -275,7 +275,8 @@ def bench_checkpoints(tmp: str, results: dict[str, float]) -> None:
 
 # -- report ----------------------------------------------------------------------------------
 def print_table(results: dict[str, float], rows: int, steps: int, path: str) -> None:
-    print(f"training benchmark, {rows:,} rows of synth data, {steps} training steps, {os.cpu_count()} cores")
+    print(f"training benchmark, {rows:,} rows of synth data, {steps} training steps, {os.cpu_count()} cores "
+          f"(1-min load average {results['load_average_start']:.1f} at start, {os.getloadavg()[0]:.1f} at end)")
     print(f"  {'':32s}{'unit':>11s}{'measured':>12s}{'baseline':>12s}{'ratio':>8s}{'target':>9s}")
     for check in CHECKS:
         ratio = results[f"{check.key}_over_baseline"]
@@ -294,7 +295,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=600, help="training steps of each training run")
     parser.add_argument("--json", default="bench-results/train.json")
     args = parser.parse_args()
-    results: dict[str, float] = {"rows": args.rows, "steps": args.steps}
+    results: dict[str, float] = {"rows": args.rows, "steps": args.steps, "load_average_start": os.getloadavg()[0]}
     with stderr_hidden():  # the first device query logs a cuInit error on a machine without a GPU
         tf.config.list_physical_devices()
     with tempfile.TemporaryDirectory() as tmp:

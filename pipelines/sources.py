@@ -77,8 +77,7 @@ def list_inputs(url: str, *, input_format: str | None = None,
             except FileNotFoundError:
                 dataset = None
             if dataset is not None:
-                return [InputFile(dataset.shard_url(s), s.path, s.format, dict(s.partition), s.rows, s.bytes)
-                        for s in dataset.manifest.shards]
+                return _dataset_inputs(dataset, input_format)
             base = root
             paths = sorted(p for p in fs.find(root) if not any(
                 part.startswith(("_", ".")) for part in p[len(root):].strip("/").split("/")))
@@ -98,6 +97,20 @@ def list_inputs(url: str, *, input_format: str | None = None,
     if not inputs:
         raise FileNotFoundError(f"No input files at {shown}.")
     return inputs
+
+
+def _dataset_inputs(dataset: Any, input_format: str | None) -> list[InputFile]:
+    """A committed dataset's shards in one readable format: each format holds every row, so
+    reading two would read every row twice (Parquet is preferred)."""
+    readable = [f for f in ("parquet", "csv", "jsonl") if f in {s.format for s in dataset.manifest.shards}]
+    if input_format is not None:
+        readable = [f for f in readable if f == input_format]
+    if not readable:
+        have = sorted({s.format for s in dataset.manifest.shards})
+        raise ValueError(f"{redact_url(dataset.url)} holds {have} shards; the pipeline reads parquet, csv or jsonl"
+                         + (f" (`input_format` is {input_format!r})." if input_format else "."))
+    return [InputFile(dataset.shard_url(s), s.path, s.format, dict(s.partition), s.rows, s.bytes)
+            for s in dataset.manifest.shards if s.format == readable[0]]
 
 
 @dataclass

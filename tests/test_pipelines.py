@@ -89,6 +89,19 @@ def test_rerun_is_idempotent_and_deterministic(raw, tmp_path) -> None:
     assert other_seed.manifest.rows == first.manifest.rows
 
 
+def test_a_dataset_in_two_formats_is_read_once(raw, tmp_path) -> None:
+    both = run_pipeline(load_config(None, {"input": raw, "output": str(tmp_path / "both"), "label": "label",
+                                           "formats": ["parquet", "tfrecord"]}))
+    again = run_pipeline(load_config(None, {"input": str(tmp_path / "both"), "output": str(tmp_path / "again"),
+                                            "label": "label"}))
+    assert again.rows_read == both.rows_read  # the Parquet shards only: TFRecord holds the same rows
+    only_tfrecord = run_pipeline(load_config(None, {"input": raw, "output": str(tmp_path / "tfr"), "label": "label",
+                                                    "formats": ["tfrecord"]}))
+    assert only_tfrecord.manifest is not None
+    with pytest.raises(ValueError, match=r"holds \['tfrecord'\] shards"):
+        run_pipeline(load_config(None, {"input": str(tmp_path / "tfr"), "output": str(tmp_path / "x")}))
+
+
 def test_s3_output_on_the_test_server(raw, s3_server) -> None:
     url = f"s3://{s3_server.bucket}/pipeline-out"
     summary = run(raw, url, engine="dask", storage_options=s3_server.storage_options)

@@ -182,22 +182,34 @@ def test_local_cluster_trains_checkpoints_to_s3_resumes_and_exports(clicks, s3_s
     assert saved["checkpoint_dir"] == checkpoints and s3_server.storage_options["secret"] not in json.dumps(saved)
 
 
-def test_local_cluster_reads_parquet_shards(clicks, tmp_path) -> None:
-    proc = run_cli("train", _config(tmp_path), "--data", clicks, "--cluster", "local", "--workers", "2", "--ps", "1",
-                   "--format", "parquet", "--steps", "20", timeout=600)
-    assert "parquet" in proc.stdout or "parameter_server" in proc.stdout
+@pytest.fixture(scope="module")
+def s3_clicks(clicks, s3_server) -> str:
+    """The same dataset on the S3 test server."""
+    url = f"s3://{s3_server.bucket}/clicks-{os.getpid()}"
+    run_pipeline(load_config(None, {"input": clicks, "output": url, "label": "label", "formats": ["parquet", "tfrecord"],
+                                    "rows_per_shard": 6_000, "storage_options": s3_server.storage_options}))
+    return url
+
+
+def test_local_cluster_reads_remote_parquet_shards_through_the_cache(s3_clicks, s3_server, tmp_path) -> None:
+    run_cli("train", _config(tmp_path), "--data", s3_clicks, "--cluster", "local", "--workers", "2", "--ps", "1",
+            "--format", "parquet", "--steps", "20", *s3_server.cli_options, timeout=600)
     consumed = CheckpointStore(str(tmp_path / "run" / "checkpoints")).latest().metadata["batches_consumed"]
     assert sum(consumed) == 20 and all(n > 0 for n in consumed)
+    dataset = open_dataset(s3_clicks, storage_options=s3_server.storage_options)
+    parquet = [s for s in dataset.shards() if s.format == "parquet"]
+    fetched = {p.name.split(".")[0] for p in (tmp_path / "run" / "cache" / "data").iterdir()}
     decoded = {p.name.split("-")[0] for p in (tmp_path / "run" / "cache" / "columns").iterdir()}
-    wanted = {s.checksum.split(":")[1] for s in open_dataset(clicks).shards() if s.format == "parquet"}
-    assert decoded == wanted  # the workers decoded the train shards, the coordinator the eval shard
+    # the workers fetched and decoded the train shards, the coordinator the eval shard
+    assert fetched == decoded == {s.checksum.split(":")[1] for s in parquet}
 
 
-def test_user_model_by_import_path(clicks, tmp_path) -> None:
+def test_user_model_by_import_path_on_a_remote_dataset(s3_clicks, s3_server, tmp_path) -> None:
     from shardflow.training.config import load_train_config
     from shardflow.training.trainer import train
 
-    config = load_train_config(_config(tmp_path), {"data": clicks, "steps": 15, "eval_every": 10,
+    config = load_train_config(_config(tmp_path), {"data": s3_clicks, "steps": 15, "eval_every": 10,
+                                                   "storage_options": s3_server.storage_options,
                                                    "model": {"function": "tests.helpers.tiny_model:linear_model"}})
     summary = train(config)
     assert summary.strategy == "default" and summary.steps == 15

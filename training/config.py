@@ -45,7 +45,7 @@ class TrainConfig(StrictModel):
     steps: int | None = Field(None, gt=0, description="optimizer steps in total; default: from epochs")
     epochs: float = Field(1.0, gt=0)
     optimizer: Literal["adagrad", "adam", "sgd", "ftrl"] = "adagrad"
-    learning_rate: float = Field(0.05, gt=0)
+    learning_rate: float = Field(0.2, gt=0)
     shuffle_buffer: int = Field(8192, ge=0)
     seed: int = Field(0, ge=0)
     eval_every: int | None = Field(1000, gt=0, description="steps between evaluations")

@@ -109,6 +109,7 @@ class ShardReader:
         self.cache_dir = os.path.abspath(cache_dir)
         self.cache_bytes = cache_bytes
         self.local = is_local(dataset.fs)
+        self._shard_cache: ShardCache | None = None  # remote datasets only
 
     def path(self, shard: Shard) -> str:
         """Where tf.data reads ``shard`` on a prepared host (pure: the coordinator calls it too)."""
@@ -116,32 +117,31 @@ class ShardReader:
             return os.path.join(self.cache_dir, "columns", f"{shard.checksum.split(':')[-1]}-{CHUNK_ROWS}.tfrecord")
         if self.local:
             return self.dataset.shard_path(shard)
-        return ShardCache(self.cache_dir, max_bytes=self.cache_bytes).entry_path(shard)
+        return self._cache().entry_path(shard)
+
+    def _cache(self) -> ShardCache:
+        if self._shard_cache is None:
+            self._shard_cache = ShardCache(self.cache_dir, max_bytes=self.cache_bytes)
+        return self._shard_cache
 
     def prepare(self, shards: Sequence[Shard], on_shard: Callable[[Shard], None] | None = None) -> list[str]:
         """Fetch and decode ``shards`` as needed; returns their local paths, in order."""
         paths = []
-        cache = None if self.local else ShardCache(self.cache_dir, max_bytes=self.cache_bytes)
-        try:
-            for shard in shards:
-                target = self.path(shard)
-                if not os.path.exists(target):
-                    if shard.format == "parquet":
-                        if cache is None:
-                            self._write_columns(self.dataset.shard_path(shard), target, shard)
-                        else:
-                            with cache.pinned(self.dataset, shard) as fetched:
-                                self._write_columns(fetched, target, shard)
-                    elif cache is not None:
-                        cache.fetch(self.dataset, shard)
-                    else:
-                        raise FileNotFoundError(f"{self.dataset.shard_url(shard)}: listed in the manifest but missing.")
-                paths.append(target)
-                if on_shard:
-                    on_shard(shard)
-        finally:
-            if cache is not None:
-                cache.close()
+        for shard in shards:
+            target = self.path(shard)
+            if not os.path.exists(target):
+                if shard.format == "parquet" and self.local:
+                    self._write_columns(self.dataset.shard_path(shard), target, shard)
+                elif shard.format == "parquet":
+                    with self._cache().pinned(self.dataset, shard) as fetched:
+                        self._write_columns(fetched, target, shard)
+                elif not self.local:
+                    self._cache().fetch(self.dataset, shard)
+                else:
+                    raise FileNotFoundError(f"{self.dataset.shard_url(shard)}: listed in the manifest but missing.")
+            paths.append(target)
+            if on_shard:
+                on_shard(shard)
         return paths
 
     def _write_columns(self, parquet_path: str, target: str, shard: Shard) -> None:
