@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -130,7 +129,3 @@ def make_strategy(requested: str, *, cluster: ClusterSpec | None, min_shard_byte
     if name == "mirrored":
         return tf.distribute.MirroredStrategy(), name
     return tf.distribute.get_strategy(), name
-
-
-def describe(cluster: Mapping[str, list[str]]) -> str:
-    return ", ".join(f"{len(v)} {k}" for k, v in cluster.items())
