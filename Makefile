@@ -32,6 +32,7 @@ test: $(VENV)/.installed-dev
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/synth_bench.py
 	$(BIN)/python benchmarks/pipeline_bench.py
+	$(BIN)/python benchmarks/train_bench.py
 
 install: $(VENV)/.installed
 	@:

@@ -6,7 +6,8 @@ every figure below is compared with a baseline measured in this process, on the 
   1. TFRecord input (examples/s): ``make_dataset(..., "tfrecord")`` (interleaved reads, 8192-row
      shuffle, parse, label split, about one epoch) over the train shards, against a bare
      ``TFRecordDataset(num_parallel_reads=AUTOTUNE) → batch(512) → map(parse_example) →
-     prefetch`` with the same parse spec. Each is drained twice; the better run counts.
+     prefetch`` with the same parse spec. Each is drained 3 times, in turns with the others;
+     the best run counts.
   2. Parquet input (examples/s): ``make_dataset(..., "parquet")`` over the columnar cache that
      ``ShardReader.prepare`` decodes the Parquet train shards into, against the same bare
      TFRecord baseline. The read ratio EXCLUDES that one-time decode, reported on its own
@@ -17,14 +18,15 @@ every figure below is compared with a baseline measured in this process, on the 
      the first scheduled step).
   4. Checkpoint upload (MB/s, MB = 10^6 bytes) to a local S3 test server (moto): a ~256 MiB
      TensorFlow checkpoint published with ``CheckpointStore.publish``, against a raw
-     ``fs.put_file`` of the same files. Each is run twice; the better run counts.
+     ``fs.put_file`` of the same files. Each is run twice, in turns; the better run counts.
   5. Training blocked by a checkpoint (s): ``CheckpointWriter.save`` (asynchronous write and
      upload), against a synchronous ``tf.train.Checkpoint.write`` plus ``publish`` of the same
      state to the same server. Median of 3 saves each.
 
 The JSON holds each figure under its key (``input_tfrecord``, ``input_parquet``, ``train_ps``,
 ``upload``, ``blocked``), its baseline under ``<key>_baseline`` and the ratio under
-``<key>_over_baseline``, beside ``parquet_prepare_rows_per_s`` and ``checkpoint_mb``.
+``<key>_over_baseline``, beside ``parquet_prepare_rows_per_s`` and ``checkpoint_mb``. The 1-minute
+load average is printed (and saved) too: on a shared machine the figures vary from run to run.
 
 Usage: python benchmarks/train_bench.py [--rows N] [--steps S] [--json PATH]
 """
@@ -62,6 +64,7 @@ from shardflow.training.trainer import train
 
 BATCH = 512
 SHUFFLE = 8192
+READS = 3  # full reads of each input pipeline, in turns; the best counts (this machine's speed varies)
 MODEL = {"hash_buckets": 1 << 18, "embedding_dim": 16, "hidden_units": [256, 128]}  # both training runs
 S3_KEY, S3_SECRET, BUCKET = "bench-key", "bench-secret", "shardflow-bench"
 
@@ -129,14 +132,16 @@ def drain(dataset: tf.data.Dataset, label: str) -> int:
     return rows
 
 
-def best_rate(make: Callable[[], tf.data.Dataset], label: str, runs: int = 2) -> float:
-    """Rows/s of the best of ``runs`` full reads of a fresh ``make()``."""
-    best = 0.0
-    for _ in range(runs):
-        dataset = make()
-        start = time.perf_counter()
-        rows = drain(dataset, label)
-        best = max(best, rows / (time.perf_counter() - start))
+def best_rates(makers: dict[str, Callable[[], tf.data.Dataset]], label: str) -> dict[str, float]:
+    """Rows/s of each maker's dataset read to the end: the best of ``READS`` reads, taken in turns
+    so that a slow spell of the machine hits every pipeline alike."""
+    best = dict.fromkeys(makers, 0.0)
+    for _ in range(READS):
+        for name, make in makers.items():
+            dataset = make()
+            start = time.perf_counter()
+            rows = drain(dataset, label)
+            best[name] = max(best[name], rows / (time.perf_counter() - start))
     return best
 
 
@@ -158,12 +163,14 @@ def bench_inputs(dataset: Dataset, tmp: str, results: dict[str, float]) -> None:
     rows = sum(s.rows for s in shards["tfrecord"])
     batches = rows // BATCH  # one epoch (make_dataset drops the last partial batch)
     tfrecord = reader.prepare(shards["tfrecord"])  # local TFRecord shards: read in place
-    baseline = best_rate(lambda: bare_tfrecord(tfrecord, spec), spec.label)
-    results["input_tfrecord"] = best_rate(lambda: ours(tfrecord, "tfrecord", spec, batches), spec.label)
-    parquet: list[str] = []
-    results["parquet_prepare_rows_per_s"] = rows / timed(lambda: parquet.extend(reader.prepare(shards["parquet"])))
-    results["input_parquet"] = best_rate(lambda: ours(parquet, "parquet", spec, batches), spec.label)
-    results["input_tfrecord_baseline"] = results["input_parquet_baseline"] = baseline
+    start = time.perf_counter()
+    parquet = reader.prepare(shards["parquet"])  # the one-time decode into the columnar cache
+    results["parquet_prepare_rows_per_s"] = rows / (time.perf_counter() - start)
+    rates = best_rates({"baseline": lambda: bare_tfrecord(tfrecord, spec),
+                        "input_tfrecord": lambda: ours(tfrecord, "tfrecord", spec, batches),
+                        "input_parquet": lambda: ours(parquet, "parquet", spec, batches)}, spec.label)
+    results["input_tfrecord"], results["input_parquet"] = rates["input_tfrecord"], rates["input_parquet"]
+    results["input_tfrecord_baseline"] = results["input_parquet_baseline"] = rates["baseline"]
 
 
 # -- 3: parameter-server training ------------------------------------------------------------
@@ -183,7 +190,8 @@ def train_ps(data: str, tmp: str, steps: int) -> float:
                           env={**os.environ, "COLUMNS": "200"})
     match = re.search(r"examples/s\W+([\d,]+) \(", proc.stdout)
     if proc.returncode != 0 or match is None:
-        raise RuntimeError(f"shardflow train (local cluster) exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr[-3000:]}")
+        raise RuntimeError(f"shardflow train (local cluster) exited {proc.returncode}:\n{proc.stdout}\n"
+                           f"{proc.stderr[-3000:]}")
     return float(match.group(1).replace(",", ""))
 
 
@@ -250,9 +258,8 @@ def sync_save(variable: tf.Variable, directory: str, store: CheckpointStore, ste
 
 def bench_blocking(variable: tf.Variable, tmp: str, options: dict[str, Any], results: dict[str, float],
                    saves: int = 3) -> None:
-    writer = CheckpointWriter(tf.train.Checkpoint(v=variable), CheckpointStore(f"s3://{BUCKET}/async",
-                                                                               storage_options=options),
-                              local_dir=os.path.join(tmp, "async"), keep=2)
+    store = CheckpointStore(f"s3://{BUCKET}/async", storage_options=options)
+    writer = CheckpointWriter(tf.train.Checkpoint(v=variable), store, local_dir=os.path.join(tmp, "async"), keep=2)
     blocked = []
     try:
         for step in range(1, saves + 1):
@@ -260,8 +267,9 @@ def bench_blocking(variable: tf.Variable, tmp: str, options: dict[str, Any], res
             writer.wait()  # committed before the next save, as after a stretch of training steps
     finally:
         writer.close()
-    store = CheckpointStore(f"s3://{BUCKET}/sync", storage_options=options)
-    synchronous = [sync_save(variable, os.path.join(tmp, f"sync-{step}"), store, step) for step in range(1, saves + 1)]
+    sync_store = CheckpointStore(f"s3://{BUCKET}/sync", storage_options=options)
+    synchronous = [sync_save(variable, os.path.join(tmp, f"sync-{step}"), sync_store, step)
+                   for step in range(1, saves + 1)]
     results["blocked"] = statistics.median(blocked)
     results["blocked_baseline"] = statistics.median(synchronous)
 
