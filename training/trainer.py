@@ -50,7 +50,7 @@ class TrainSummary:
     strategy: str
     start_step: int
     steps: int
-    examples: int = 0
+    examples: int = 0  # examples and seconds after the first logged steps (start-up and tracing excluded)
     seconds: float = 0.0
     input_stall: float = 0.0
     resumed_from: int | None = None
@@ -175,17 +175,32 @@ def train(config: TrainConfig, *, cluster: ClusterSpec | None = None, progress: 
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
         return loss
 
-    @tf.function
-    def train_step(iterator: Any) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-        started = tf.timestamp()
-        features, labels, worker = next(iterator)
-        got_batch = tf.timestamp()
-        loss = strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(replica_step, args=(features, labels)), axis=None)
-        index = worker if ps_mode else 0
-        with tf.control_dependencies([loss]):
-            positions.assign_add(tf.one_hot(index, workers, dtype=tf.int64))
-            finished = tf.timestamp()
-        return loss, got_batch - started, finished - started
+    step_functions: dict[int, Any] = {}
+
+    def train_steps(k: int) -> Any:
+        """A function running ``k`` steps per call (one round trip for k steps); returns the mean
+        loss, and the seconds spent waiting for batches and in all (for the input stall)."""
+        if k not in step_functions:
+            @tf.function
+            def run(iterator: Any) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+                loss = tf.constant(0.0)
+                waited = busy = tf.constant(0.0, tf.float64)
+                for _ in tf.range(k):
+                    started = tf.timestamp()
+                    features, labels, worker = next(iterator)
+                    got_batch = tf.timestamp()
+                    step_loss = strategy.reduce(tf.distribute.ReduceOp.SUM,
+                                                strategy.run(replica_step, args=(features, labels)), axis=None)
+                    with tf.control_dependencies([step_loss]):
+                        positions.assign_add(tf.one_hot(worker if ps_mode else 0, workers, dtype=tf.int64))
+                        finished = tf.timestamp()
+                    loss += step_loss
+                    waited += got_batch - started
+                    busy += finished - started
+                return loss / k, waited, busy
+
+            step_functions[k] = run
+        return step_functions[k]
 
     eval_data = _eval_data(config, dataset, spec, reader)
     predict = tf.function(lambda features: model(features, training=False))
@@ -209,22 +224,29 @@ def train(config: TrainConfig, *, cluster: ClusterSpec | None = None, progress: 
     report("start", start_step=start_step, total_steps=total_steps, strategy=strategy_name, workers=workers,
            resumed_from=summary.resumed_from, format=fmt)
     step = start_step
-    pending: list[Any] = []
+    pending: list[tuple[int, Any]] = []
     waits = totals = 0.0
-    started = last_log = last_checkpoint = time.perf_counter()
+    loop_started = last_log = last_checkpoint = time.perf_counter()
     logged_step = step
+    warm: tuple[float, int] | None = None  # (time, step) after the first logged interval: tracing excluded
+
+    def crossed(every: int | None, before: int) -> bool:
+        return bool(every) and step // every > before // every and step < total_steps
+
     try:
         while step < total_steps:
-            pending.append(dispatch(train_step, iterator))
-            step += 1
-            if step % config.log_every == 0 or step == total_steps:
-                values = [fetch(v) for v in pending]
+            k = min(config.steps_per_execution, total_steps - step)
+            pending.append((k, dispatch(train_steps(k), iterator)))
+            before, step = step, step + k
+            if crossed(config.log_every, before) or step == total_steps:
+                values = [(k, fetch(v)) for k, v in pending]
                 pending.clear()
                 now = time.perf_counter()
-                wait = sum(float(v[1]) for v in values)
-                busy = sum(float(v[2]) for v in values)
+                wait = sum(float(v[1]) for _, v in values)
+                busy = sum(float(v[2]) for _, v in values)
                 waits, totals = waits + wait, totals + busy
-                point = {"step": float(step), "loss": float(np.mean([v[0] for v in values])),
+                point = {"step": float(step), "loss": float(np.average([v[0] for _, v in values],
+                                                                       weights=[k for k, _ in values])),
                          "examples_per_s": (step - logged_step) * global_batch / max(now - last_log, 1e-9),
                          "input_stall": wait / busy if busy else 0.0}
                 summary.history.append(point)
@@ -233,20 +255,22 @@ def train(config: TrainConfig, *, cluster: ClusterSpec | None = None, progress: 
                         tf.summary.scalar(f"train/{name}", point[name])
                 report("step", **point, total_steps=total_steps)
                 last_log, logged_step = now, step
-            due_steps = config.checkpoint.every_steps and step % config.checkpoint.every_steps == 0
-            due_time = config.checkpoint.every_seconds and time.perf_counter() - last_checkpoint >= config.checkpoint.every_seconds
-            if (due_steps or due_time) and step < total_steps:
+                warm = warm or (now, step)
+            due_time = config.checkpoint.every_seconds and \
+                time.perf_counter() - last_checkpoint >= config.checkpoint.every_seconds and step < total_steps
+            if crossed(config.checkpoint.every_steps, before) or due_time:
                 join()  # a consistent state: no step half applied
                 blocked = uploader.save(step, {"workers": workers, "batches_consumed": positions.numpy().tolist()})
                 last_checkpoint = time.perf_counter()
                 report("checkpoint", step=step, blocked=blocked)
-            if config.eval_every and step % config.eval_every == 0 and step < total_steps and eval_data is not None:
+            if crossed(config.eval_every, before) and eval_data is not None:
                 join()
                 evaluate(step)
         join()
-        summary.seconds = time.perf_counter() - started
+        since, first = warm if warm is not None and warm[1] < step else (loop_started, start_step)
+        summary.seconds = time.perf_counter() - since
         summary.steps = int(optimizer.iterations.numpy())
-        summary.examples = (step - start_step) * global_batch
+        summary.examples = (step - first) * global_batch
         summary.input_stall = waits / totals if totals else 0.0
         if step > start_step or restored is None:
             blocked = uploader.save(summary.steps, {"workers": workers, "batches_consumed": positions.numpy().tolist()})
