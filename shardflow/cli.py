@@ -339,6 +339,7 @@ def train_command(
     }
     config = load_train_config(config_file, overrides)
     if config.cluster == "local":
+        open_dataset(config.data, storage_options=config.storage_options)  # fail here, not in every task
         code = LocalCluster(config).run()
         if code:
             raise CommandFailed(f"training failed (coordinator exit code {code}); task logs are in {config.run_dir}/logs")

@@ -31,15 +31,21 @@ from typing import IO, Any
 
 import yaml
 
+from shardflow.storage import ShardflowError
+
 from .config import TrainConfig
 from .strategy import ClusterSpec, server_config
 
-__all__ = ["EXIT_RESTART", "LocalCluster", "serve", "prepare_worker"]
+__all__ = ["EXIT_RESTART", "LocalCluster", "TaskFailedError", "serve", "prepare_worker"]
 
 log = logging.getLogger(__name__)
 
 EXIT_RESTART = 75  # the coordinator lost a ps: restart ps and coordinator from the last checkpoint
 _READY_TIMEOUT = 300.0
+
+
+class TaskFailedError(ShardflowError):
+    """A ps or worker process of a local cluster failed before it served; the message has its log."""
 
 
 def _free_port() -> int:
@@ -137,7 +143,7 @@ class LocalCluster:
             task = waiting[0]
             assert task.process is not None
             if task.process.poll() is not None:
-                raise RuntimeError(f"{task.job} {task.index} exited with code {task.process.returncode} before serving; "
+                raise TaskFailedError(f"{task.job} {task.index} exited with code {task.process.returncode} before serving; "
                                    f"its log ({self.log_dir}):\n{self._log_tail(task)}")
             host, port = task.address.rsplit(":", 1)
             with contextlib.suppress(OSError), socket.create_connection((host, int(port)), timeout=0.5):

@@ -112,8 +112,11 @@ def make_strategy(requested: str, *, cluster: ClusterSpec | None, min_shard_byte
     """Build the strategy; returns ``(strategy, name)``."""
     import tensorflow as tf
 
-    name = select_strategy(requested, cluster=cluster, tpus=len(tf.config.list_logical_devices("TPU")),
-                           gpus=len(tf.config.list_physical_devices("GPU")))
+    from . import quiet_native_stderr
+
+    with quiet_native_stderr():  # the first look at devices probes CUDA, noisily where there is none
+        tpus, gpus = len(tf.config.list_logical_devices("TPU")), len(tf.config.list_physical_devices("GPU"))
+    name = select_strategy(requested, cluster=cluster, tpus=tpus, gpus=gpus)
     if name == "parameter_server":
         assert cluster is not None
         os.environ["TF_CONFIG"] = cluster.to_json()
