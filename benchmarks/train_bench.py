@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-import shardflow.training  # noqa: F401  (first: imports TensorFlow with its start-up noise hidden)
+from shardflow.training import quiet_native_stderr  # first: imports TensorFlow with its start-up noise hidden
 import tensorflow as tf
 import yaml
 
@@ -91,19 +91,6 @@ CHECKS = [
     Check("checkpoint upload", "MB/s", "upload", 0.9, 1),
     Check("training blocked by checkpoint", "s", "blocked", 0.05, 3, lower_is_better=True),
 ]
-
-
-@contextlib.contextmanager
-def stderr_hidden() -> Iterator[None]:
-    """fd 2 to /dev/null: TensorFlow's C++ logging writes there, below any Python log level."""
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "wb") as devnull:
-            os.dup2(devnull.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
 
 
 def timed(fn: Callable[[], Any]) -> float:
@@ -304,7 +291,7 @@ def main() -> None:
     parser.add_argument("--json", default="bench-results/train.json")
     args = parser.parse_args()
     results: dict[str, float] = {"rows": args.rows, "steps": args.steps, "load_average_start": os.getloadavg()[0]}
-    with stderr_hidden():  # the first device query logs a cuInit error on a machine without a GPU
+    with quiet_native_stderr():  # the first device query logs a cuInit error on a machine without a GPU
         tf.config.list_physical_devices()
     with tempfile.TemporaryDirectory() as tmp:
         data = make_data(tmp, args.rows)

@@ -8,17 +8,17 @@ not depend on how an engine batches, orders or parallelises the work.
 from __future__ import annotations
 
 import hashlib
-import importlib
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from shardflow.configs import load_function
+
 from .config import AugmentConfig
 
-__all__ = ["mix", "uniform", "row_identity", "content_hash", "assign_split", "augment", "COPY_COLUMN", "load_function"]
+__all__ = ["mix", "uniform", "row_identity", "content_hash", "assign_split", "augment", "COPY_COLUMN"]
 
 COPY_COLUMN = "augment_copy"  # provenance: 0 for an original row, k for its k-th augmented copy
 _M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
@@ -143,17 +143,6 @@ def assign_split(hashes: np.ndarray, fractions: dict[str, float], seed: int) -> 
     return np.searchsorted(edges, u, side="right")
 
 
-def load_function(spec: str) -> Callable[..., Any]:
-    """Import ``module:function``; errors name the spec."""
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise ValueError(f"Invalid value for `augment.functions`: {spec!r}. Expected 'module:function'.")
-    try:
-        return getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as e:
-        raise ValueError(f"Invalid value for `augment.functions`: {spec!r}: {e}") from None
-
-
 def _normal(h: np.ndarray) -> np.ndarray:
     u1 = np.maximum(uniform(h), 1e-300)
     u2 = uniform(mix(h, 0xB0C5))
@@ -195,7 +184,7 @@ def augment(table: pa.Table, ids: np.ndarray, config: AugmentConfig, *, label: s
     """
     originals = table.append_column(COPY_COLUMN, pa.array(np.zeros(table.num_rows, np.int32)))
     parts, part_ids = [originals], [ids]
-    functions = [load_function(spec) for spec in config.functions]
+    functions = [load_function(spec, setting="augment.functions") for spec in config.functions]
     for copy in range(1, config.copies + 1):
         copied = _augment_tabular(originals, ids, copy, config, label, seed)
         for function in functions:

@@ -3,13 +3,15 @@ overrides on top, and validation errors that name the field and the value receiv
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-__all__ = ["StrictModel", "load_model"]
+__all__ = ["StrictModel", "load_function", "load_model"]
 
 Model = TypeVar("Model", bound=BaseModel)
 
@@ -57,3 +59,14 @@ def load_model(model: type[Model], path: str | None, overrides: dict[str, Any] |
         return model.model_validate(data)
     except ValidationError as e:
         raise _friendly(e, path or what) from None
+
+
+def load_function(spec: str, *, setting: str) -> Callable[..., Any]:
+    """Import ``module:function`` named by the config field ``setting``; errors name both."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ValueError(f"Invalid value for `{setting}`: {spec!r}. Expected 'module:function'.")
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"Invalid value for `{setting}`: {spec!r}: {e}") from None

@@ -7,12 +7,12 @@ Built on ``tf_keras`` (Keras 2): Keras 3 cannot train with ParameterServerStrate
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable
 from typing import Any
 
 import tensorflow as tf
 import tf_keras
+
+from shardflow.configs import load_function
 
 from .config import ModelConfig
 from .inputs import InputSpec
@@ -83,16 +83,6 @@ def _ctr_model(spec: InputSpec, config: ModelConfig) -> tf_keras.Model:
     return tf_keras.Model(inputs=inputs, outputs=tf_keras.layers.Reshape((), name="one_logit_per_row")(logit), name="ctr")
 
 
-def _load_function(spec: str) -> Callable[..., Any]:
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise ValueError(f"Invalid value for `model.function`: {spec!r}. Expected 'module:function'.")
-    try:
-        return getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as e:
-        raise ValueError(f"Invalid value for `model.function`: {spec!r}: {e}") from None
-
-
 def build_model(spec: InputSpec, config: ModelConfig) -> tf_keras.Model:
     """The model for ``spec``: the built-in click-through model, or ``config.function(spec, config)``.
 
@@ -102,7 +92,7 @@ def build_model(spec: InputSpec, config: ModelConfig) -> tf_keras.Model:
     """
     if config.function is None:
         return _ctr_model(spec, config)
-    model = _load_function(config.function)(spec, config)
+    model = load_function(config.function, setting="model.function")(spec, config)
     if not isinstance(model, tf_keras.Model):
         raise ValueError(f"`model.function` {config.function} returned {type(model).__name__}, "
                          "not a tf_keras.Model (Keras 3 models cannot train with ParameterServerStrategy).")
