@@ -390,7 +390,8 @@ def _train_table(config: Any, summary: Any) -> Table:
     table.add_column()
     last = summary.evaluations[-1] if summary.evaluations else {}
     rows = [
-        ("strategy", summary.strategy),
+        ("strategy", summary.strategy + (" (sharded: " + ", ".join(f"{n} in {k}" for n, k in summary.sharded.items())
+                                          + ")" if summary.sharded else "")),
         ("steps", f"{summary.start_step:,} → {summary.steps:,}" + (f" (resumed from {summary.resumed_from:,})"
                                                                      if summary.resumed_from is not None else "")),
         ("examples/s", f"{summary.examples_per_s:,.0f} ({summary.examples:,} examples in {summary.seconds:.1f} s)"),

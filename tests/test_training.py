@@ -147,6 +147,8 @@ def test_local_cluster_trains_checkpoints_to_s3_resumes_and_exports(clicks, s3_s
     assert store.steps() == [20, 40]
     consumed = store.latest().metadata["batches_consumed"]
     assert sum(consumed) == 40 and all(n > 0 for n in consumed)  # both workers read, nothing counted twice
+    sharded = store.latest().metadata["sharded"]  # across both ps: the tables, and whatever exceeds min_shard_bytes
+    assert sharded["embedding/embeddings"] == sharded["wide_weights/embeddings"] == 2
 
     second = run_cli(*args, "--steps", "60", timeout=600)
     assert "resumed from 40" in second.stdout and "40 → 60" in second.stdout

@@ -58,6 +58,7 @@ class TrainSummary:
     history: list[dict[str, float]] = field(default_factory=list)
     checkpoints: CheckpointStats = field(default_factory=CheckpointStats)
     optimum_auc: float | None = None
+    sharded: dict[str, int] = field(default_factory=dict)  # variable -> shards across the ps tasks
     export_path: str | None = None
     curves_path: str | None = None
 
@@ -127,6 +128,7 @@ def train(config: TrainConfig, *, cluster: ClusterSpec | None = None, progress: 
         optimizer.build(model.trainable_variables)
         positions = tf.Variable(tf.zeros([workers], tf.int64), trainable=False, name="batches_consumed")
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, batches_consumed=positions)
+    summary_sharded = _sharded_variables(model)
     store = CheckpointStore(config.resolved_checkpoint_dir(), storage_options=config.storage_options)
     local_checkpoints = os.path.join(config.run_dir, "checkpoints-local")
     restored = restore_latest(checkpoint, store, local_dir=os.path.join(local_checkpoints, "restored"))
@@ -135,7 +137,7 @@ def train(config: TrainConfig, *, cluster: ClusterSpec | None = None, progress: 
                          f"{restored.metadata.get('workers')} workers; resume with the same number (got {workers}).")
     start_step = int(optimizer.iterations.numpy())
     skip = positions.numpy().tolist()
-    summary = TrainSummary(strategy=strategy_name, start_step=start_step, steps=start_step,
+    summary = TrainSummary(strategy=strategy_name, start_step=start_step, steps=start_step, sharded=summary_sharded,
                            resumed_from=restored.step if restored else None, optimum_auc=synth_optimum(dataset))
 
     reader = ShardReader(dataset, spec, cache_dir=config.resolved_cache_dir(), cache_bytes=config.cache_bytes)
@@ -223,6 +225,10 @@ def train(config: TrainConfig, *, cluster: ClusterSpec | None = None, progress: 
                                 keep_every_hours=config.checkpoint.keep_every_hours)
     report("start", start_step=start_step, total_steps=total_steps, strategy=strategy_name, workers=workers,
            resumed_from=summary.resumed_from, format=fmt)
+    def state() -> dict[str, Any]:
+        """Noted in each checkpoint's record: where every worker's input stood, how variables were sharded."""
+        return {"workers": workers, "batches_consumed": positions.numpy().tolist(), "sharded": summary.sharded}
+
     step = start_step
     pending: list[tuple[int, Any]] = []
     waits = totals = 0.0
@@ -260,7 +266,7 @@ def train(config: TrainConfig, *, cluster: ClusterSpec | None = None, progress: 
                 time.perf_counter() - last_checkpoint >= config.checkpoint.every_seconds and step < total_steps
             if crossed(config.checkpoint.every_steps, before) or due_time:
                 join()  # a consistent state: no step half applied
-                blocked = uploader.save(step, {"workers": workers, "batches_consumed": positions.numpy().tolist()})
+                blocked = uploader.save(step, state())
                 last_checkpoint = time.perf_counter()
                 report("checkpoint", step=step, blocked=blocked)
             if crossed(config.eval_every, before) and eval_data is not None:
@@ -273,7 +279,7 @@ def train(config: TrainConfig, *, cluster: ClusterSpec | None = None, progress: 
         summary.examples = (step - first) * global_batch
         summary.input_stall = waits / totals if totals else 0.0
         if step > start_step or restored is None:
-            blocked = uploader.save(summary.steps, {"workers": workers, "batches_consumed": positions.numpy().tolist()})
+            blocked = uploader.save(summary.steps, state())
             report("checkpoint", step=summary.steps, blocked=blocked)
         if eval_data is not None:
             evaluate(summary.steps)
@@ -289,6 +295,13 @@ def train(config: TrainConfig, *, cluster: ClusterSpec | None = None, progress: 
                                           os.path.join(config.run_dir, "curves.png"),
                                           f"{redact_url(config.data)}: {strategy_name}, {workers} worker(s)")
     return summary
+
+
+def _sharded_variables(model: tf_keras.Model) -> dict[str, int]:
+    """Variables split across parameter servers (by the ``variable_partitioner``), with their shard counts."""
+    sharded = tf.__internal__.distribute.ShardedVariable  # the only public name for the type
+    return {f"{layer.name}/{attribute}": len(value.variables)
+            for layer in model.layers for attribute, value in vars(layer).items() if isinstance(value, sharded)}
 
 
 def _eval_data(config: TrainConfig, dataset: Any, spec: InputSpec, reader: ShardReader) -> tf.data.Dataset | None:
