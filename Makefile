@@ -23,7 +23,7 @@ demo: $(VENV)/.installed
 	$(BIN)/shardflow data verify $(DEMO_DIR)/train
 	$(BIN)/shardflow data gc $(DEMO_DIR)/clicks
 	$(BIN)/shardflow train --data $(DEMO_DIR)/train --run-dir $(DEMO_DIR)/run --cluster local --workers 2 --ps 2 \
-	    --epochs 2 --checkpoint-every 500 --eval-every 500
+	    --epochs 3 --checkpoint-every 500 --eval-every 500
 
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest

@@ -41,18 +41,33 @@ def _config(tmp_path, **settings) -> str:
     return str(path)
 
 
-def _cluster_processes() -> list[str]:
-    """Command lines of running ``shardflow train`` / ``train-server`` processes."""
+@pytest.fixture(autouse=True)
+def _process_tag(monkeypatch) -> str:
+    """A tag in the environment of every process a test starts (children inherit it), so the
+    leak checks below see this test's processes only, even beside other shardflow jobs."""
+    tag = f"shardflow-test-{os.getpid()}-{time.monotonic_ns()}"
+    monkeypatch.setenv("SHARDFLOW_TEST_TAG", tag)
+    return tag
+
+
+def _tagged(*needles: bytes) -> list[int]:
+    """Pids of this test's processes (see ``_process_tag``) whose command line or environment hold every needle."""
+    tag = f"SHARDFLOW_TEST_TAG={os.environ['SHARDFLOW_TEST_TAG']}".encode()
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+            with open(f"/proc/{pid}/cmdline", "rb") as f, open(f"/proc/{pid}/environ", "rb") as e:
+                text = f.read() + b"\0" + e.read()
         except OSError:
             continue
-        if "shardflow train" in cmdline and int(pid) != os.getpid():
-            found.append(f"{pid}: {cmdline}")
+        if int(pid) != os.getpid() and tag in text.split(b"\0") and all(n in text for n in needles):
+            found.append(int(pid))
     return found
+
+
+def _cluster_processes() -> list[int]:
+    """This test's running ``shardflow train`` / ``train-server`` processes."""
+    return _tagged(b"shardflow\0train")
 
 
 def test_strategy_follows_the_hardware_unless_named() -> None:
@@ -235,15 +250,7 @@ def test_ctrl_c_stops_every_process(clicks, tmp_path) -> None:
 
 
 def _ps_processes() -> list[int]:
-    pids = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f, open(f"/proc/{pid}/environ", "rb") as e:
-                if b"train-server" in f.read() and b'"type": "ps"' in e.read():
-                    pids.append(int(pid))
-        except OSError:
-            continue
-    return pids
+    return _tagged(b"train-server", b'"type": "ps"')
 
 
 def test_a_lost_ps_is_replaced_and_training_resumes_from_the_last_checkpoint(clicks, tmp_path) -> None:
