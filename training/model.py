@@ -17,7 +17,7 @@ from shardflow.configs import load_function
 from .config import ModelConfig
 from .inputs import InputSpec
 
-__all__ = ["build_model", "HashIds", "SignedLog", "SumColumns"]
+__all__ = ["build_model", "HashIds", "SignedLog", "SumColumns", "UniqueEmbedding"]
 
 
 @tf_keras.utils.register_keras_serializable("shardflow")
@@ -52,6 +52,17 @@ class SignedLog(tf_keras.layers.Layer):
 
 
 @tf_keras.utils.register_keras_serializable("shardflow")
+class UniqueEmbedding(tf_keras.layers.Embedding):
+    """An embedding that looks each distinct id of a batch up once: popular ids repeat across
+    rows and columns, so fewer rows travel from the parameter servers and fewer are updated."""
+
+    def call(self, inputs: tf.Tensor) -> tf.Tensor:
+        unique, position = tf.unique(tf.reshape(inputs, [-1]))
+        rows = tf.gather(tf.nn.embedding_lookup(self.embeddings, unique), position)
+        return tf.reshape(rows, tf.concat([tf.shape(inputs), [self.output_dim]], axis=0))
+
+
+@tf_keras.utils.register_keras_serializable("shardflow")
 class SumColumns(tf_keras.layers.Layer):
     """``[rows, k]`` to ``[rows, 1]``: the wide part's per-feature weights, summed."""
 
@@ -66,9 +77,9 @@ def _ctr_model(spec: InputSpec, config: ModelConfig) -> tf_keras.Model:
     parts, wide = [], []
     if categorical:
         ids = HashIds(categorical, config.hash_buckets, name="hash_ids")([inputs[n] for n in categorical])
-        embedded = tf_keras.layers.Embedding(config.hash_buckets, config.embedding_dim, name="embedding")(ids)
+        embedded = UniqueEmbedding(config.hash_buckets, config.embedding_dim, name="embedding")(ids)
         parts.append(tf_keras.layers.Flatten(name="flatten_embeddings")(embedded))
-        weights = tf_keras.layers.Embedding(config.hash_buckets, 1, name="wide_weights")(ids)
+        weights = UniqueEmbedding(config.hash_buckets, 1, name="wide_weights")(ids)
         wide.append(tf_keras.layers.Flatten(name="flatten_wide")(weights))
     if numeric:
         scaled = SignedLog(name="signed_log")([inputs[n] for n in numeric])
