@@ -272,3 +272,17 @@ def test_a_lost_ps_is_replaced_and_training_resumes_from_the_last_checkpoint(cli
     assert "(resumed from " in stdout and "→ 400" in stdout
     assert CheckpointStore(str(tmp_path / "run" / "checkpoints")).latest().step == 400
     assert not _cluster_processes(), "processes left behind"
+
+
+def test_resuming_with_another_worker_count_is_refused_clearly(clicks, tmp_path) -> None:
+    from shardflow.training.config import load_train_config
+    from shardflow.training.trainer import train
+
+    config = load_train_config(_config(tmp_path), {"data": clicks, "steps": 10, "eval_split": None})
+    train(config)
+    record = next((tmp_path / "run" / "checkpoints" / "_checkpoints").iterdir())
+    data = json.loads(record.read_text())
+    data["metadata"]["workers"] = 3  # as if written by a 3-worker cluster
+    record.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="written by 3 workers; resume with the same number"):
+        train(load_train_config(_config(tmp_path), {"data": clicks, "steps": 20, "eval_split": None}))

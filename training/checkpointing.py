@@ -119,15 +119,11 @@ class CheckpointWriter:
             self._thread.join()
 
 
-def restore_latest(checkpoint: tf.train.Checkpoint, store: CheckpointStore, *, local_dir: str) -> Checkpoint | None:
-    """Restore ``checkpoint`` from the store's latest committed checkpoint, if any.
+def restore(checkpoint: tf.train.Checkpoint, store: CheckpointStore, record: Checkpoint, *, local_dir: str) -> None:
+    """Restore ``checkpoint`` from the committed checkpoint ``record`` of ``store``.
 
     The files are kept in ``local_dir`` (fetched there when the store is remote) for the
     rest of the run: variables created later (optimizer slots) restore from them then.
     """
-    latest = store.latest()
-    if latest is None:
-        return None
-    directory = store.download(latest, os.path.join(local_dir, f"step-{latest.step:012d}"))
+    directory = store.download(record, os.path.join(local_dir, f"step-{record.step:012d}"))
     checkpoint.read(os.path.join(directory, PREFIX)).expect_partial()
-    return latest

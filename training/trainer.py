@@ -30,7 +30,7 @@ import yaml
 from shardflow.storage import CheckpointStore, open_dataset
 from shardflow.storage.urls import redact_url, scrub
 
-from .checkpointing import CheckpointStats, CheckpointWriter, restore_latest
+from .checkpointing import CheckpointStats, CheckpointWriter, restore
 from .config import TrainConfig
 from .export import export_saved_model
 from .inputs import InputSpec, ShardReader, choose_format, make_dataset, worker_shards
@@ -131,10 +131,12 @@ def train(config: TrainConfig, *, cluster: ClusterSpec | None = None, progress: 
     summary_sharded = _sharded_variables(model)
     store = CheckpointStore(config.resolved_checkpoint_dir(), storage_options=config.storage_options)
     local_checkpoints = os.path.join(config.run_dir, "checkpoints-local")
-    restored = restore_latest(checkpoint, store, local_dir=os.path.join(local_checkpoints, "restored"))
-    if restored is not None and restored.metadata.get("workers", workers) != workers:
-        raise ValueError(f"The checkpoint at step {restored.step} in {redact_url(store.url)} was written by "
-                         f"{restored.metadata.get('workers')} workers; resume with the same number (got {workers}).")
+    restored = store.latest()
+    if restored is not None:
+        if restored.metadata.get("workers", workers) != workers:  # input positions are per worker
+            raise ValueError(f"The checkpoint at step {restored.step} in {redact_url(store.url)} was written by "
+                             f"{restored.metadata.get('workers')} workers; resume with the same number (got {workers}).")
+        restore(checkpoint, store, restored, local_dir=os.path.join(local_checkpoints, "restored"))
     start_step = int(optimizer.iterations.numpy())
     skip = positions.numpy().tolist()
     summary = TrainSummary(strategy=strategy_name, start_step=start_step, steps=start_step, sharded=summary_sharded,
