@@ -49,8 +49,10 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from shardflow.training import quiet_native_stderr  # first: imports TensorFlow with its start-up noise hidden
-import tensorflow as tf
+from shardflow.training import quiet_native_stderr
+
+with quiet_native_stderr():  # TensorFlow's C++ start-up banner
+    import tensorflow as tf
 import yaml
 
 from shardflow.pipelines.config import load_config

@@ -73,14 +73,13 @@ def _fold_bytes(h: np.ndarray, column: pa.Array) -> None:
     have bytes left, so batches with longer or shorter neighbours hash a value the same.
     """
     lengths = pc.fill_null(pc.binary_length(column), 0).to_numpy(zero_copy_only=False).astype(np.int64)
-    null = pc.is_null(column).to_numpy(zero_copy_only=False).astype(np.uint64) << np.uint64(63)
-    _fold(h, lengths.astype(np.uint64) | null)
+    is_null = pc.is_null(column).to_numpy(zero_copy_only=False)
+    _fold(h, lengths.astype(np.uint64) | (is_null.astype(np.uint64) << np.uint64(63)))
     longest = int(lengths.max(initial=0))
     if not longest:
         return
-    present = pc.drop_null(pc.binary_length(column))
-    uniform = pc.min(present).as_py() == longest  # ids and codes: every value one width
     has_nulls = column.null_count > 0
+    uniform = int(lengths[~is_null].min()) == longest  # ids and codes: every value one width
     if uniform and has_nulls:
         column = pc.fill_null(column, pa.scalar(b"\0" * longest, column.type))
     _, offsets, data = column.buffers()

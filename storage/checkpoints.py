@@ -28,7 +28,7 @@ from typing import Any
 
 from .commit import checksum_file, checksum_stream, publish_bytes, temp_token
 from .errors import ChecksumMismatchError, ManifestError
-from .manifest import check_relative_path
+from .manifest import check_relative_path, record_json
 from .urls import is_local, join_url, redact_url, resolve, translate_errors
 
 __all__ = ["Checkpoint", "CheckpointStore", "RECORD_DIR"]
@@ -57,9 +57,7 @@ class Checkpoint:
         return _dt.datetime.fromisoformat(self.created_at)
 
     def to_json(self) -> str:
-        data = asdict(self)
-        data["files"] = list(self.files)
-        return json.dumps(data, indent=1, sort_keys=True, allow_nan=False) + "\n"
+        return record_json({**asdict(self), "files": list(self.files)})
 
     @classmethod
     def from_json(cls, text: str | bytes, *, where: str) -> Checkpoint:

@@ -27,6 +27,12 @@ HISTORY_DIR = "_manifests"
 FORMAT_VERSION = 1
 
 
+def record_json(data: Any) -> str:
+    """How shardflow writes a record readers trust (manifests, checkpoint records): stable key
+    order for diffs, no NaN (not JSON), a final newline."""
+    return json.dumps(data, indent=1, sort_keys=True, allow_nan=False) + "\n"
+
+
 def history_name(version: int) -> str:
     """Relative path of committed manifest ``version`` (created exclusively: this is the commit)."""
     return f"{HISTORY_DIR}/v{version:08d}.json"
@@ -153,7 +159,7 @@ class Manifest:
         data = asdict(self)
         data["shards"] = [s.to_json() for s in self.shards]
         data["lineage"] = list(self.lineage)
-        return json.dumps(data, indent=1, sort_keys=True, allow_nan=False) + "\n"
+        return record_json(data)
 
     @classmethod
     def from_json(cls, text: str | bytes, *, where: str) -> Manifest:

@@ -19,8 +19,3 @@ def quiet_native_stderr() -> _Iterator[None]:
     finally:
         _os.dup2(saved, 2)
         _os.close(saved)
-
-
-with quiet_native_stderr():
-    import tensorflow  # noqa: E402, F401
-    import tf_keras  # noqa: E402, F401

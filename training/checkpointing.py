@@ -23,10 +23,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import tensorflow as tf
-
 from shardflow.storage import Checkpoint, CheckpointStore
 from shardflow.storage.urls import redact_url
+
+from ._tf import tf
 
 __all__ = ["CheckpointWriter", "CheckpointStats", "PREFIX"]
 
@@ -39,8 +39,6 @@ PREFIX = "ckpt"  # the TensorFlow checkpoint prefix inside each checkpoint direc
 class CheckpointStats:
     saves: int = 0
     blocked_seconds: float = 0.0  # training time spent inside save()
-    uploaded_bytes: int = 0
-    upload_seconds: float = 0.0
     last_committed: int | None = None
 
 
@@ -91,10 +89,7 @@ class CheckpointWriter:
             try:
                 with open(os.path.join(directory, "checkpoint"), "w") as f:  # for tf.train.load_checkpoint(dir)
                     f.write(f'model_checkpoint_path: "{PREFIX}"\nall_model_checkpoint_paths: "{PREFIX}"\n')
-                started = time.perf_counter()
-                committed = self.store.publish(directory, step, metadata=metadata)
-                self.stats.upload_seconds += time.perf_counter() - started
-                self.stats.uploaded_bytes += committed.bytes
+                self.store.publish(directory, step, metadata=metadata)
                 self.stats.last_committed = step
                 self.store.prune(keep_last=self.keep, keep_every_hours=self.keep_every_hours)
                 shutil.rmtree(directory, ignore_errors=True)

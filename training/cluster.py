@@ -79,7 +79,7 @@ def serve(spec: ClusterSpec, config: TrainConfig | None) -> None:
         count = prepare_worker(config, spec)
         log.info("worker %d: %d shard(s) ready", spec.task_index, count)
     os.environ.setdefault("GRPC_FAIL_FAST", "use_caller")
-    import tensorflow as tf
+    from ._tf import tf
 
     server = tf.distribute.Server(tf.train.ClusterSpec(spec.cluster), job_name=spec.task_type,
                                   task_index=spec.task_index, protocol="grpc", config=server_config(spec.workers),
@@ -100,11 +100,10 @@ class _Task:
 class LocalCluster:
     """Supervises a local ps/worker cluster and its coordinator; see the module docstring."""
 
-    def __init__(self, config: TrainConfig, *, config_path: str | None = None) -> None:
+    def __init__(self, config: TrainConfig) -> None:
         """
         Args:
             config: The training config (``workers``, ``ps``, ``max_restarts``, ``run_dir`` ...).
-            config_path: The user's YAML, only for messages.
         """
         self.config = config
         self.log_dir = os.path.join(config.run_dir, "logs")

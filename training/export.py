@@ -15,13 +15,11 @@ import tempfile
 from collections.abc import Mapping
 from typing import Any
 
-import tensorflow as tf
-import tf_keras
-
 from shardflow.storage import CheckpointStore
 from shardflow.storage.commit import temp_token
 from shardflow.storage.urls import is_local, resolve
 
+from ._tf import tf, tf_keras
 from .config import ModelConfig
 from .inputs import InputSpec
 from .model import build_model

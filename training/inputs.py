@@ -24,11 +24,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-import tensorflow as tf
 
 from shardflow.storage import Dataset, Shard, ShardCache
 from shardflow.storage.commit import temp_token
 from shardflow.storage.urls import is_local
+
+from ._tf import tf
 
 __all__ = ["InputSpec", "ShardReader", "choose_format", "worker_shards", "make_dataset", "CHUNK_ROWS"]
 

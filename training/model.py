@@ -9,11 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import tensorflow as tf
-import tf_keras
-
 from shardflow.configs import load_function
 
+from ._tf import tf, tf_keras
 from .config import ModelConfig
 from .inputs import InputSpec
 

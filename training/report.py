@@ -13,20 +13,15 @@ __all__ = ["auc", "classification_metrics", "plot_curves"]
 
 
 def auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Exact ROC AUC (Mann-Whitney U, ties counted half); NaN when one class is missing."""
+    """Exact ROC AUC (Mann-Whitney U, ties at their average rank); NaN when one class is missing."""
     labels = np.asarray(labels).astype(bool)
     positives, negatives = int(labels.sum()), int((~labels).sum())
     if not positives or not negatives:
         return float("nan")
     order = np.argsort(scores, kind="mergesort")
-    ranks = np.empty(len(scores), dtype=np.float64)
-    sorted_scores = np.asarray(scores)[order]
-    # average ranks over ties
-    boundaries = np.flatnonzero(np.diff(sorted_scores)) + 1
-    starts = np.concatenate([[0], boundaries])
-    ends = np.concatenate([boundaries, [len(scores)]])
-    average = (starts + ends + 1) / 2.0
-    ranks[order] = np.repeat(average, ends - starts)
+    _, first, counts = np.unique(np.asarray(scores)[order], return_index=True, return_counts=True)
+    ranks = np.empty(len(order))
+    ranks[order] = np.repeat(first + (counts + 1) / 2.0, counts)
     return float((ranks[labels].sum() - positives * (positives + 1) / 2) / (positives * negatives))
 
 

@@ -103,16 +103,15 @@ def select_strategy(requested: str, *, cluster: ClusterSpec | None, tpus: int, g
 def server_config(workers: int) -> Any:
     """The ConfigProto for ps/worker servers and the coordinator: enough inter-op threads that a
     worker's scheduled steps never wait on each other (DESIGN.md fact 2)."""
-    import tensorflow as tf
+    from ._tf import tf
 
     return tf.compat.v1.ConfigProto(inter_op_parallelism_threads=max(8, workers + 1))
 
 
 def make_strategy(requested: str, *, cluster: ClusterSpec | None, min_shard_bytes: int) -> tuple[Any, str]:
     """Build the strategy; returns ``(strategy, name)``."""
-    import tensorflow as tf
-
     from . import quiet_native_stderr
+    from ._tf import tf
 
     with quiet_native_stderr():  # the first look at devices probes CUDA, noisily where there is none
         tpus, gpus = len(tf.config.list_logical_devices("TPU")), len(tf.config.list_physical_devices("GPU"))

@@ -23,13 +23,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import tensorflow as tf
-import tf_keras
 import yaml
 
 from shardflow.storage import CheckpointStore, open_dataset
 from shardflow.storage.urls import redact_url, scrub
 
+from ._tf import tf, tf_keras
 from .checkpointing import CheckpointStats, CheckpointWriter, restore
 from .config import TrainConfig
 from .export import export_saved_model
@@ -128,7 +127,6 @@ def train(config: TrainConfig, *, cluster: ClusterSpec | None = None, progress: 
         optimizer.build(model.trainable_variables)
         positions = tf.Variable(tf.zeros([workers], tf.int64), trainable=False, name="batches_consumed")
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, batches_consumed=positions)
-    summary_sharded = _sharded_variables(model)
     store = CheckpointStore(config.resolved_checkpoint_dir(), storage_options=config.storage_options)
     local_checkpoints = os.path.join(config.run_dir, "checkpoints-local")
     restored = store.latest()
@@ -139,7 +137,7 @@ def train(config: TrainConfig, *, cluster: ClusterSpec | None = None, progress: 
         restore(checkpoint, store, restored, local_dir=os.path.join(local_checkpoints, "restored"))
     start_step = int(optimizer.iterations.numpy())
     skip = positions.numpy().tolist()
-    summary = TrainSummary(strategy=strategy_name, start_step=start_step, steps=start_step, sharded=summary_sharded,
+    summary = TrainSummary(strategy=strategy_name, start_step=start_step, steps=start_step, sharded=_sharded_variables(model),
                            resumed_from=restored.step if restored else None, optimum_auc=synth_optimum(dataset))
 
     reader = ShardReader(dataset, spec, cache_dir=config.resolved_cache_dir(), cache_bytes=config.cache_bytes)
