@@ -348,11 +348,11 @@ def train_command(
     if spec is not None and spec.task_type != "chief":
         raise ValueError(f"TF_CONFIG.task.type is {spec.task_type!r}: this process is not the chief. Run ps and "
                          "worker tasks with `shardflow train-server`.")
-    import tensorflow as tf
+    from shardflow.training.trainer import LOST_CLUSTER
 
     try:
         summary = _train_with_progress(config, spec)
-    except (tf.errors.UnavailableError, tf.errors.CancelledError) as e:
+    except LOST_CLUSTER as e:
         if spec is None:
             raise
         err.print(f"lost contact with the cluster ({type(e).__name__}: {redact_text(str(e).splitlines()[0])}); "

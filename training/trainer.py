@@ -37,11 +37,14 @@ from .model import build_model
 from .report import classification_metrics, plot_curves
 from .strategy import ClusterSpec, make_strategy
 
-__all__ = ["TrainSummary", "train", "synth_optimum"]
+__all__ = ["LOST_CLUSTER", "TrainSummary", "train", "synth_optimum"]
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[..., None]
+
+# What a coordinator sees when a ps is gone: only new ps and coordinator processes recover (DESIGN.md fact 8).
+LOST_CLUSTER = (tf.errors.UnavailableError, tf.errors.CancelledError)
 
 
 @dataclass
