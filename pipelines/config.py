@@ -89,8 +89,9 @@ class PipelineConfig(StrictModel):
     batch_rows: int = Field(65536, gt=0, description="rows per Arrow batch moving through the pipeline")
     engine: Literal["beam", "dask"] = "beam"
     runner: str = "DirectRunner"
-    direct_running_mode: Literal["in_memory", "multi_threading", "multi_processing"] = "in_memory"
-    direct_num_workers: int = Field(1, gt=0)
+    # threads overlap well here: Arrow, Parquet and NumPy release the GIL for the heavy work
+    direct_running_mode: Literal["in_memory", "multi_threading", "multi_processing"] = "multi_threading"
+    direct_num_workers: int | None = Field(None, gt=0, description="default: one per CPU core")
     beam_options: list[str] = []  # passed through: --project --region --temp_location ...
     dask_address: str | None = None
     dask_workers: int = Field(2, gt=0)

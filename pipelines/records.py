@@ -66,35 +66,45 @@ def _fold(h: np.ndarray, word: np.ndarray, rows: np.ndarray | slice = slice(None
             h[rows] = x ^ (x >> np.uint64(29))
 
 
+def _validity(column: pa.Array) -> np.ndarray | None:
+    """Which rows hold a value (None when all do), read from the validity bitmap."""
+    if not column.null_count:
+        return None
+    bits = np.unpackbits(np.frombuffer(column.buffers()[0], np.uint8), bitorder="little")
+    return bits[column.offset:column.offset + len(column)].astype(bool)
+
+
 def _fold_bytes(h: np.ndarray, column: pa.Array) -> None:
     """Fold each row's bytes into ``h``, 8 at a time, read straight from the Arrow buffers.
 
     A row's result depends only on its own bytes: rows take part in a round only while they
     have bytes left, so batches with longer or shorter neighbours hash a value the same.
     """
-    lengths = pc.fill_null(pc.binary_length(column), 0).to_numpy(zero_copy_only=False).astype(np.int64)
-    is_null = pc.is_null(column).to_numpy(zero_copy_only=False)
-    _fold(h, lengths.astype(np.uint64) | (is_null.astype(np.uint64) << np.uint64(63)))
+    valid = _validity(column)
+    _, offsets, data = column.buffers()
+    offset_type = np.int64 if pa.types.is_large_string(column.type) or pa.types.is_large_binary(column.type) else np.int32
+    bounds = np.frombuffer(offsets, offset_type)[column.offset:column.offset + len(column) + 1].astype(np.int64)
+    stored = np.diff(bounds)  # a null's slot is usually empty, but Arrow allows otherwise
+    lengths = stored if valid is None else np.where(valid, stored, 0)
+    null_flag = np.zeros(len(column), np.uint64) if valid is None else (~valid).astype(np.uint64) << np.uint64(63)
+    _fold(h, lengths.astype(np.uint64) | null_flag)
     longest = int(lengths.max(initial=0))
     if not longest:
         return
-    has_nulls = column.null_count > 0
-    uniform = int(lengths[~is_null].min()) == longest  # ids and codes: every value one width
-    if uniform and has_nulls:
-        column = pc.fill_null(column, pa.scalar(b"\0" * longest, column.type))
-    _, offsets, data = column.buffers()
-    offset_type = np.int64 if pa.types.is_large_string(column.type) or pa.types.is_large_binary(column.type) else np.int32
-    starts = np.frombuffer(offsets, offset_type)[column.offset:column.offset + len(column)].astype(np.int64)
     data = np.frombuffer(data, np.uint8)
-    if uniform:  # one reshape instead of a gather per round
+    rows = np.flatnonzero(lengths) if valid is not None or not lengths.all() else slice(None)
+    if np.array_equal(stored[rows], np.broadcast_to(longest, stored[rows].shape)) and stored.sum() == longest * (
+            len(column) if isinstance(rows, slice) else rows.size):
+        # ids and codes: the values are one width and back to back, so one reshape reads them all
         width = -(-longest // 8) * 8
-        table = data[starts[0]:starts[0] + longest * len(column)].reshape(len(column), longest)
+        count = len(column) if isinstance(rows, slice) else rows.size
+        table = data[bounds[0]:bounds[0] + longest * count].reshape(count, longest)
         table = np.ascontiguousarray(np.pad(table, ((0, 0), (0, width - longest))) if width > longest else table)
         words = table.view(np.uint64)
-        rows = np.flatnonzero(lengths) if has_nulls else slice(None)
         for k in range(width // 8):
-            _fold(h, words[rows, k], rows)
+            _fold(h, words[:, k], rows)
         return
+    starts = bounds[:-1]
     step = np.arange(8, dtype=np.int64)
     for k in range(0, longest, 8):
         rows = np.flatnonzero(lengths > k)
@@ -118,10 +128,14 @@ def content_hash(batch: pa.RecordBatch | pa.Table, columns: Sequence[str], seed:
         if pa.types.is_boolean(kind):
             kind, column = pa.uint8(), column.cast(pa.uint8())
         if pa.types.is_floating(kind) or pa.types.is_integer(kind) or pa.types.is_temporal(kind):
-            values = (pc.fill_null(column, pa.scalar(0, kind)) if column.null_count else column).to_numpy(zero_copy_only=False)
-            word = values.view(_WORD[values.dtype.itemsize]).astype(np.uint64)
-            null = pc.is_null(column).to_numpy(zero_copy_only=False).astype(np.uint64)
-            if values.dtype.itemsize < 8:  # room for the null flag in the value's word
+            width = kind.bit_width // 8
+            values = np.frombuffer(column.buffers()[1], _WORD[width])[column.offset:column.offset + len(column)]
+            if pa.types.is_temporal(kind) and width < 8:  # dates and times hash as 64-bit counts
+                width, values = 8, values.view(np.int32).astype(np.int64).view(np.uint64)
+            valid = _validity(column)
+            word = (values if valid is None else np.where(valid, values, 0)).astype(np.uint64)
+            null = np.zeros(len(column), np.uint64) if valid is None else (~valid).astype(np.uint64)
+            if width < 8:  # room for the null flag in the value's word
                 word |= null << np.uint64(63)
             else:
                 _fold(h, null)

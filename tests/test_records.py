@@ -39,7 +39,9 @@ def test_a_rows_hash_does_not_depend_on_its_batch() -> None:
 
 
 def test_nulls_are_not_confused_with_zeros_or_empty_values() -> None:
-    table = pa.table({"s": ["", None], "f": pa.array([0.0, None], pa.float32()), "i": pa.array([0, None], pa.int64())})
+    table = pa.table({"s": ["", None], "f": pa.array([0.0, None], pa.float32()), "i": pa.array([0, None], pa.int64()),
+                      "day": pa.array([0, None], pa.date32()), "t32": pa.array([0, None], pa.time32("s")),
+                      "t64": pa.array([0, None], pa.time64("us")), "u8": pa.array([0, None], pa.uint8())})
     for column in table.column_names:
         h = content_hash(table, [column], seed=1)
         assert h[0] != h[1], column

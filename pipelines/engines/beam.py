@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 import logging
+import os
 import threading
 from collections.abc import Iterator
 
@@ -33,7 +34,8 @@ def beam_options(plan: Plan) -> PipelineOptions:
     config = plan.config
     args = [f"--runner={config.runner}", *config.beam_options]
     if config.runner == "DirectRunner":
-        args += [f"--direct_running_mode={config.direct_running_mode}", f"--direct_num_workers={config.direct_num_workers}"]
+        workers = config.direct_num_workers or os.cpu_count() or 1
+        args += [f"--direct_running_mode={config.direct_running_mode}", f"--direct_num_workers={workers}"]
     return PipelineOptions(args)
 
 
@@ -95,6 +97,8 @@ class BeamEngine:
             except BaseException as e:  # re-raised in the caller below
                 outcome["error"] = e
 
+        if not logging.getLogger().isEnabledFor(logging.INFO):  # worker start-up chatter of multi_processing
+            logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.ERROR)
         worker = threading.Thread(target=execute, name="beam-pipeline", daemon=True)
         worker.start()
         seen: dict[str, bytes] = {}
