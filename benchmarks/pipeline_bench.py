@@ -3,8 +3,12 @@
 For N rows of synth data (Parquet input), measured in this process:
   * baseline: read the input with pyarrow and write the same rows with one ``ParquetWriter``
     (single-threaded), and with ``tf.io.TFRecordWriter`` (one ``tf.train.Example`` per row);
-  * Beam (DirectRunner in memory, and multi-processing with 2 workers) and Dask (LocalCluster,
-    2 worker processes) running the pipeline to Parquet, and to TFRecord.
+  * the Parquet baseline again, its input split over 2 processes (a started pool): the most
+    that 2 cores give for the bare read and write, an upper bound for any 2-worker engine;
+  * Beam (DirectRunner: the default, one thread per core; one thread in memory; 2 worker
+    processes) and Dask (LocalCluster, 2 worker processes) running the pipeline to Parquet, and
+    to TFRecord, end to end (worker and cluster start-up included; imports done beforehand);
+  * each engine's fixed cost: the same run on a 1,000-row input.
 Peak RSS (VmHWM) of a fresh process running the Beam pipeline at N and 10·N rows.
 
 Usage: python benchmarks/pipeline_bench.py [--rows N] [--json PATH]
@@ -13,7 +17,9 @@ Usage: python benchmarks/pipeline_bench.py [--rows N] [--json PATH]
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -38,7 +44,8 @@ print(re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read()).group(
 
 
 ENGINES = {  # name -> settings
-    "beam": {"engine": "beam"},  # DirectRunner, in memory (one thread)
+    "beam": {"engine": "beam"},  # DirectRunner's default here: one thread per core
+    "beam-1thread": {"engine": "beam", "direct_running_mode": "in_memory", "direct_num_workers": 1},
     "beam-2proc": {"engine": "beam", "direct_running_mode": "multi_processing", "direct_num_workers": 2},
     "dask": {"engine": "dask", "dask_workers": 2},  # LocalCluster, 2 worker processes
 }
@@ -50,10 +57,10 @@ def timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def baseline_parquet(dataset_url: str, out: str) -> None:
+def baseline_parquet(dataset_url: str, out: str, part: int = 0, parts: int = 1) -> None:
     dataset = open_dataset(dataset_url)
     writer = None
-    for shard in dataset.manifest.shards:
+    for shard in dataset.manifest.shards[part::parts]:
         for batch in pq.ParquetFile(dataset.shard_path(shard)).iter_batches(batch_size=65536):
             writer = writer or pq.ParquetWriter(out, batch.schema, compression="snappy")
             writer.write_batch(batch)
@@ -81,11 +88,27 @@ def baseline_tfrecord(dataset_url: str, out: str) -> None:
                 writer.write(tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString())
 
 
+def baseline_parquet_2proc(pool: concurrent.futures.Executor, dataset_url: str, tmp: str) -> None:
+    futures = [pool.submit(baseline_parquet, dataset_url, os.path.join(tmp, f"b{i}.parquet"), i, 2) for i in range(2)]
+    for future in futures:
+        future.result()
+
+
+def run_engine(engine: str, fmt: str, source: str, out: str, per_shard: int) -> float:
+    config = load_config(None, {"input": source, "output": out, "label": "label", "formats": [fmt],
+                                "rows_per_shard": per_shard, **ENGINES[engine]})
+    return timed(lambda: run_pipeline(config))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=400_000)
     parser.add_argument("--json", default="bench-results/pipeline.json")
     args = parser.parse_args()
+    import apache_beam  # noqa: F401  imported before timing: start-up is not throughput
+    import distributed  # noqa: F401
+    import tensorflow  # noqa: F401
+
     n = args.rows
     per_shard = max(n // 8, 1000)
     results: dict[str, float] = {"rows": n}
@@ -94,12 +117,19 @@ def main() -> None:
         synthesize(raw, SynthConfig(rows=n, days=8, rows_per_shard=per_shard))
         results["baseline_parquet_rows_per_s"] = n / timed(lambda: baseline_parquet(raw, os.path.join(tmp, "b.parquet")))
         results["baseline_tfrecord_rows_per_s"] = n / timed(lambda: baseline_tfrecord(raw, os.path.join(tmp, "b.tfrecord")))
+        spawn = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(2, mp_context=spawn) as pool:
+            list(pool.map(open_dataset, [raw, raw]))  # started and warm
+            results["baseline_parquet_2proc_rows_per_s"] = n / timed(lambda: baseline_parquet_2proc(pool, raw, tmp))
+        results["baseline_parquet_2proc_over_baseline"] = (results["baseline_parquet_2proc_rows_per_s"]
+                                                           / results["baseline_parquet_rows_per_s"])
+        tiny = os.path.join(tmp, "tiny")
+        synthesize(tiny, SynthConfig(rows=1000, days=1, rows_per_shard=1000))
         for engine in ENGINES:
+            results[f"{engine}_fixed_seconds"] = run_engine(engine, "parquet", tiny, os.path.join(tmp, f"{engine}-tiny"), 1000)
             for fmt in ("parquet", "tfrecord"):
-                config = load_config(None, {"input": raw, "output": os.path.join(tmp, f"{engine}-{fmt}"),
-                                            "label": "label", "formats": [fmt], "rows_per_shard": per_shard,
-                                            **ENGINES[engine]})
-                results[f"{engine}_{fmt}_rows_per_s"] = n / timed(lambda config=config: run_pipeline(config))
+                seconds = run_engine(engine, fmt, raw, os.path.join(tmp, f"{engine}-{fmt}"), per_shard)
+                results[f"{engine}_{fmt}_rows_per_s"] = n / seconds
                 results[f"{engine}_{fmt}_over_baseline"] = (results[f"{engine}_{fmt}_rows_per_s"]
                                                             / results[f"baseline_{fmt}_rows_per_s"])
         big = os.path.join(tmp, "raw10")
@@ -116,9 +146,13 @@ def main() -> None:
     print(f"  {'':28s}{'rows/s':>12s}{'x baseline':>12s}")
     for fmt in ("parquet", "tfrecord"):
         print(f"  {'baseline ' + fmt:28s}{results[f'baseline_{fmt}_rows_per_s']:>12,.0f}{1:>12.2f}")
+        if fmt == "parquet":
+            print(f"  {'baseline parquet, 2 procs':28s}{results['baseline_parquet_2proc_rows_per_s']:>12,.0f}"
+                  f"{results['baseline_parquet_2proc_over_baseline']:>12.2f}")
         for engine in ENGINES:
             print(f"  {engine + ' ' + fmt:28s}{results[f'{engine}_{fmt}_rows_per_s']:>12,.0f}"
                   f"{results[f'{engine}_{fmt}_over_baseline']:>12.2f}")
+    print("  fixed cost (1,000 rows): " + ", ".join(f"{e} {results[f'{e}_fixed_seconds']:.1f} s" for e in ENGINES))
     print(f"  peak RSS (Beam) at N {results['beam_peak_rss_mib_n']:.0f} MiB, at 10N "
           f"{results['beam_peak_rss_mib_10n']:.0f} MiB: ratio {results['rss_10n_over_n']:.2f}")
     print(f"  written to {args.json}")
