@@ -5,6 +5,9 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
+import socket
+import tempfile
 
 import numpy as np
 import pyarrow as pa
@@ -48,6 +51,26 @@ def checksums(url: str, **options) -> list[tuple[str, str, str]]:
     return [(s.split, s.format, s.checksum) for s in open_dataset(url, storage_options=options).manifest.shards]
 
 
+def test_a_local_beam_run_stays_offline_and_leaves_no_temporary_files(raw, tmp_path, monkeypatch) -> None:
+    """Beam's DirectRunner would first fetch its Prism runner from GitHub (and leave temp dirs)."""
+    lookups = []
+    real_getaddrinfo = socket.getaddrinfo
+
+    def getaddrinfo(host, *args, **kwargs):
+        if host not in ("127.0.0.1", "::1", "localhost", None):
+            lookups.append(host)
+            raise OSError(f"tests stay offline: {host}")
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    summary = run(raw, str(tmp_path / "out"), engine="beam")
+    assert summary.manifest is not None and lookups == []
+    assert os.listdir(scratch) == []
+
+
 def test_beam_and_dask_write_the_same_shards(raw, tmp_path) -> None:
     beam_events, dask_events = Events(), Events()
     beam = run(raw, str(tmp_path / "beam"), engine="beam", formats=["parquet", "tfrecord"], progress=beam_events)
@@ -59,7 +82,10 @@ def test_beam_and_dask_write_the_same_shards(raw, tmp_path) -> None:
         assert sum(c.get("rows", 0) for e, c in events.seen if e == "file") == 30_000
     run(raw, str(tmp_path / "multi"), engine="beam", formats=["parquet", "tfrecord"],
                 direct_running_mode="multi_processing", direct_num_workers=2)
+    run(raw, str(tmp_path / "one"), engine="beam", formats=["parquet", "tfrecord"],
+                direct_running_mode="in_memory", direct_num_workers=1)
     assert checksums(str(tmp_path / "beam")) == checksums(str(tmp_path / "dask")) == checksums(str(tmp_path / "multi"))
+    assert checksums(str(tmp_path / "one")) == checksums(str(tmp_path / "beam"))
     manifest = beam.manifest
     assert beam.rows_read == dask.rows_read == 30_000 and beam.bad_rows == 0
     parquet = [s for s in manifest.shards if s.format == "parquet"]

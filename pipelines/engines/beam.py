@@ -70,8 +70,18 @@ class _ReduceShard(beam.DoFn):
 
 
 def build_pipeline(plan: Plan) -> beam.Pipeline:
-    """The Beam pipeline for ``plan`` (not run): labelled steps, any runner."""
-    pipeline = beam.Pipeline(options=beam_options(plan))
+    """The Beam pipeline for ``plan`` (not run): labelled steps, any runner.
+
+    ``DirectRunner`` means Beam's FnApiRunner here. Beam's own DirectRunner first tries its
+    Prism runner, a binary it downloads from GitHub at run time: that reaches the internet,
+    fails or differs by machine, and leaves temporary directories behind.
+    """
+    runner = None  # the one --runner names
+    if plan.config.runner == "DirectRunner":
+        from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+        runner = FnApiRunner()
+    pipeline = beam.Pipeline(runner=runner, options=beam_options(plan))
     _ = (
         pipeline
         | "ListInputs" >> beam.Create(list(range(len(plan.inputs))))
