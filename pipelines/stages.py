@@ -68,16 +68,17 @@ class MapResult:
 def _write_ipc(url: str, table: pa.Table, storage_options: Mapping[str, Any]) -> None:
     fs, path = resolve(url, storage_options)
     with translate_errors(url, storage_options):
-        if is_local(fs):
+        if is_local(fs):  # Arrow's own files: no Python file object in the way
             os.makedirs(os.path.dirname(path), exist_ok=True)
-        with fs.open(path, "wb") as f, pa.ipc.new_file(f, table.schema) as writer:
+        with (pa.OSFile(path, "wb") if is_local(fs) else fs.open(path, "wb")) as f, \
+                pa.ipc.new_file(f, table.schema) as writer:
             writer.write_table(table)
 
 
 def _read_ipc(url: str, storage_options: Mapping[str, Any]) -> pa.Table:
     fs, path = resolve(url, storage_options)
-    with translate_errors(url, storage_options), fs.open(path, "rb") as f:
-        return pa.ipc.open_file(f).read_all()
+    with translate_errors(url, storage_options), (pa.memory_map(path) if is_local(fs) else fs.open(path, "rb")) as f:
+        return pa.ipc.open_file(f).read_all()  # mapped: read without a copy, valid after the file closes
 
 
 def _shard_counts(config: PipelineConfig, rows: float, bytes_per_row: float) -> dict[str, int]:
@@ -144,19 +145,20 @@ def map_file(plan: Plan, index: int) -> MapResult:
         which = assign_split(content_hash(batch, key_columns, config.seed), config.split.fractions(), config.seed)
         table = pa.Table.from_batches([batch])
         for split_index, split in enumerate(splits):
-            mask = which == split_index
-            if not mask.any():
+            rows = np.flatnonzero(which == split_index)
+            if not rows.size:
                 continue
-            part, part_ids = table.filter(pa.array(mask)), ids[mask]
-            if config.augment.enabled:
-                if split == "train":
-                    part, part_ids = augment(part, part_ids, config.augment, label=config.label, seed=config.seed)
-                else:
-                    part = part.append_column(COPY_COLUMN, pa.array(np.zeros(part.num_rows, np.int32)))
+            part, part_ids = None, ids[rows]  # ``part`` is gathered once, in shard order, below
+            if config.augment.enabled and split == "train":
+                part, part_ids = augment(table.take(rows), part_ids, config.augment, label=config.label,
+                                         seed=config.seed)
             keys = mix(part_ids, config.seed, 0x5AFF1E)
             shard_of = keys % np.uint64(plan.shards[split])
             order = np.argsort(shard_of, kind="stable")  # one gather, then each shard is a slice
-            part = part.append_column(_KEY, pa.array(keys)).take(pa.array(order))
+            part = table.take(rows[order]) if part is None else part.take(order)
+            if config.augment.enabled and split != "train":
+                part = part.append_column(COPY_COLUMN, pa.array(np.zeros(part.num_rows, np.int32)))
+            part = part.append_column(_KEY, pa.array(keys[order]))
             bounds = np.searchsorted(shard_of[order], np.arange(plan.shards[split] + 1, dtype=np.uint64))
             result.rows_out[split] = result.rows_out.get(split, 0) + part.num_rows
             for shard in range(plan.shards[split]):
