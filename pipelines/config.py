@@ -95,6 +95,8 @@ class PipelineConfig(StrictModel):
     beam_options: list[str] = []  # passed through: --project --region --temp_location ...
     dask_address: str | None = None
     dask_workers: int = Field(2, gt=0)
+    # a local cluster's workers are threads, like Beam's default; processes for Python-heavy augmentations
+    dask_processes: bool = False
     storage_options: dict[str, Any] = {}
 
     @field_validator("formats")

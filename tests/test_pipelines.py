@@ -74,7 +74,8 @@ def test_a_local_beam_run_stays_offline_and_leaves_no_temporary_files(raw, tmp_p
 def test_beam_and_dask_write_the_same_shards(raw, tmp_path) -> None:
     beam_events, dask_events = Events(), Events()
     beam = run(raw, str(tmp_path / "beam"), engine="beam", formats=["parquet", "tfrecord"], progress=beam_events)
-    dask = run(raw, str(tmp_path / "dask"), engine="dask", formats=["parquet", "tfrecord"], progress=dask_events)
+    dask = run(raw, str(tmp_path / "dask"), engine="dask", formats=["parquet", "tfrecord"], progress=dask_events,
+               dask_processes=True)  # a LocalCluster of worker processes; the s3 test below runs its threads
     for events in (beam_events, dask_events):  # progress: every input file read, every shard written
         plan = dict(events.seen[0][1])
         assert events.seen[0][0] == "plan" and events.count("file") == plan["files"] == 9

@@ -1,4 +1,4 @@
-"""Dask engine: the stages as tasks on a Dask cluster (a local one with worker processes by default)."""
+"""Dask engine: the stages as tasks on a Dask cluster (by default a local one, its workers threads)."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def _client(plan: Plan) -> Iterator[Client]:
     quiet = not logging.getLogger().isEnabledFor(logging.INFO)
     if quiet:  # a local cluster's start/stop chatter is noise unless asked for
         logging.getLogger("distributed").setLevel(logging.ERROR)
-    with LocalCluster(n_workers=config.dask_workers, threads_per_worker=1, processes=True,
+    with LocalCluster(n_workers=config.dask_workers, threads_per_worker=1, processes=config.dask_processes,
                       dashboard_address=None, silence_logs=logging.CRITICAL if quiet else logging.INFO) as cluster, \
             Client(cluster) as client:
         yield client
