@@ -340,7 +340,13 @@ def train_command(
     config = load_train_config(config_file, overrides)
     if config.cluster == "local":
         open_dataset(config.data, storage_options=config.storage_options)  # fail here, not in every task
-        code = LocalCluster(config).run()
+        try:
+            code = LocalCluster(config).run()
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM; the cluster is stopped by now
+            err.print(f"interrupted: every process of the local cluster stopped; resume from the last committed "
+                      f"checkpoint in {redact_url(config.resolved_checkpoint_dir())} by running the same command",
+                      highlight=False, markup=False)
+            raise typer.Exit(130) from None
         if code:
             raise CommandFailed(f"training failed (coordinator exit code {code}); task logs are in {config.run_dir}/logs")
         return
@@ -432,8 +438,8 @@ def train_server_command(
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: expected failures print one clear line, no traceback.
 
-    Usage errors are handled by typer itself (exit 2); failures found by a command exit 1;
-    storage and input errors exit 2.
+    Usage errors are handled by typer itself (exit 2), so is Ctrl-C (exit 130); failures found by
+    a command exit 1; storage and input errors exit 2.
     """
     try:
         app(args=argv)
@@ -443,9 +449,6 @@ def main(argv: list[str] | None = None) -> None:
     except (ShardflowError, OSError, ValueError) as e:
         err.print(f"error: {e}", style="red", highlight=False, markup=False)
         sys.exit(2)
-    except KeyboardInterrupt:
-        err.print("interrupted")
-        sys.exit(130)
     except Exception as e:  # a bug or an untranslated library error: one line unless debugging
         if logging.getLogger().isEnabledFor(logging.DEBUG):
             raise

@@ -234,18 +234,28 @@ def test_user_model_by_import_path_on_a_remote_dataset(s3_clicks, s3_server, tmp
     assert os.path.exists(os.path.join(summary.export_path, "saved_model.pb"))
 
 
-def test_ctrl_c_stops_every_process(clicks, tmp_path) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_stops_every_process_even_when_repeated(clicks, tmp_path, signum) -> None:
     exe = os.path.join(os.path.dirname(sys.executable), "shardflow")
-    proc = subprocess.Popen([exe, "train", _config(tmp_path), "--data", clicks, "--cluster", "local", "--workers", "2",
-                             "--ps", "1", "--steps", "1000000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # The launcher gets Ctrl-C's default action even where this run ignores it (a background job of a script).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen([exe, "train", _config(tmp_path), "--data", clicks, "--cluster", "local", "--workers",
+                                 "2", "--ps", "1", "--steps", "1000000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     deadline = time.monotonic() + 240
     while not (tmp_path / "run" / "tensorboard").exists():  # the coordinator is training
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
         time.sleep(0.5)
     assert len(_cluster_processes()) >= 4  # supervisor, coordinator, 2 workers, 1 ps
-    proc.send_signal(signal.SIGINT)
+    for _ in range(10):  # more while it cleans up (an impatient user, a shell signalling the whole job)
+        proc.send_signal(signum)
+        time.sleep(0.02)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
+    assert "interrupted: every process of the local cluster stopped" in stderr
     assert not _cluster_processes(), "processes left behind"
 
 

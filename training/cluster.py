@@ -153,38 +153,53 @@ class LocalCluster:
                                    f"its log:\n{self._log_tail(task)}")
             time.sleep(0.2)
 
-    def _stop(self, process: subprocess.Popen[bytes] | None) -> None:
-        if process is None or process.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
+    @staticmethod
+    def _stop(*processes: subprocess.Popen[bytes] | None, grace: float = 10.0) -> None:
+        """SIGTERM to each process group at once, SIGKILL to those still running after ``grace`` seconds."""
+        running = [p for p in processes if p is not None and p.poll() is None]
+        for process in running:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+                os.killpg(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for process in running:
+            try:
+                process.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
 
     def stop(self) -> None:
-        """Stop the coordinator and every task (idempotent)."""
-        self._stop(self.coordinator)
+        """Stop the coordinator, then every task (idempotent)."""
+        self._stop(self.coordinator)  # first, so it does not report the tasks' end as a lost cluster
+        self._stop(*(task.process for task in self.tasks))
         for task in self.tasks:
-            self._stop(task.process)
             if task.log_file is not None:
                 task.log_file.close()
                 task.log_file = None
 
+    @staticmethod
     @contextlib.contextmanager
-    def _signals(self) -> Iterator[None]:
-        """SIGTERM as KeyboardInterrupt, so the cleanup in :meth:`run` runs for it too."""
-        def on_term(signum: int, frame: Any) -> None:
-            raise KeyboardInterrupt
+    def _signals() -> Iterator[None]:
+        """Ctrl-C and SIGTERM raise KeyboardInterrupt once, so the cleanup in :meth:`run` runs for
+        both; later ones (a shell signalling the whole process group, an impatient user) are
+        ignored, then and after, so they cannot cut the cleanup or the caller's exit short. A
+        SIGINT ignored from the start (a background job of a script) stays ignored."""
+        interrupted = False
 
-        previous = signal.signal(signal.SIGTERM, on_term)
+        def on_signal(signum: int, frame: Any) -> None:
+            nonlocal interrupted
+            if not interrupted:
+                interrupted = True
+                raise KeyboardInterrupt
+
+        signals = [signal.SIGTERM] + ([signal.SIGINT] if signal.getsignal(signal.SIGINT) != signal.SIG_IGN else [])
+        previous = {sig: signal.signal(sig, on_signal) for sig in signals}
         try:
             yield
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, signal.SIG_IGN if interrupted else handler)
 
     # -- supervision ---------------------------------------------------------------------------
     def run(self) -> int:
@@ -195,16 +210,18 @@ class LocalCluster:
             yaml.safe_dump({**self.config.model_dump(mode="json"), "cluster": "tf-config"}, f)
         try:
             with self._signals():
-                while True:
-                    code = self._attempt(config_file)
-                    if code == EXIT_RESTART and self.restarts < self.config.max_restarts:
-                        self.restarts += 1
-                        log.warning("A parameter server was lost; restarting ps and coordinator from the last "
-                                    "checkpoint (restart %d of %d).", self.restarts, self.config.max_restarts)
-                        continue
-                    return code
+                try:
+                    while True:
+                        code = self._attempt(config_file)
+                        if code == EXIT_RESTART and self.restarts < self.config.max_restarts:
+                            self.restarts += 1
+                            log.warning("A parameter server was lost; restarting ps and coordinator from the last "
+                                        "checkpoint (restart %d of %d).", self.restarts, self.config.max_restarts)
+                            continue
+                        return code
+                finally:
+                    self.stop()
         finally:
-            self.stop()
             with contextlib.suppress(OSError):
                 os.unlink(config_file)
                 os.rmdir(private)
