@@ -184,13 +184,16 @@ def train(config: TrainConfig, *, cluster: ClusterSpec | None = None, progress: 
 
     def train_steps(k: int) -> Any:
         """A function running ``k`` steps per call (one round trip for k steps); returns the mean
-        loss, and the seconds spent waiting for batches and in all (for the input stall)."""
+        loss, and the seconds spent waiting for batches and in all (for the input stall). The
+        steps are unrolled, not a ``tf.range`` loop: with variables on the ps such a loop is a
+        while loop spanning processes, whose per-iteration control costs a round trip (1 worker
+        + 1 ps here, in turns: 24.7-28.7k examples/s unrolled against 22.9-25.5k)."""
         if k not in step_functions:
             @tf.function
             def run(iterator: Any) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
                 loss = tf.constant(0.0)
                 waited = busy = tf.constant(0.0, tf.float64)
-                for _ in tf.range(k):
+                for _ in range(k):
                     started = tf.timestamp()
                     features, labels, worker = next(iterator)
                     got_batch = tf.timestamp()
