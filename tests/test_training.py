@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -257,6 +258,29 @@ def test_ctrl_c_or_sigterm_stops_every_process_even_when_repeated(clicks, tmp_pa
     assert proc.returncode == 130, stderr
     assert "interrupted: every process of the local cluster stopped" in stderr
     assert not _cluster_processes(), "processes left behind"
+
+
+def test_the_launcher_interrupts_once_and_leaves_an_ignored_ctrl_c_ignored() -> None:
+    from shardflow.training.cluster import LocalCluster
+
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    main = threading.main_thread().ident
+    interrupts = 0
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # as a background job of a script starts
+        with LocalCluster._signals():
+            assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGTERM, signal.SIGTERM):
+                try:
+                    signal.pthread_kill(main, sig)
+                    time.sleep(0.05)
+                except KeyboardInterrupt:
+                    interrupts += 1
+        assert interrupts == 1  # SIGINT stayed ignored; only the first SIGTERM interrupted
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN  # and later ones stay ignored
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
 
 
 def _ps_processes() -> list[int]:

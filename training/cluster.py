@@ -208,23 +208,21 @@ class LocalCluster:
         config_file = os.path.join(private, "config.yaml")  # holds storage secrets: readable by us only
         with open(os.open(config_file, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
             yaml.safe_dump({**self.config.model_dump(mode="json"), "cluster": "tf-config"}, f)
-        try:
-            with self._signals():
-                try:
-                    while True:
-                        code = self._attempt(config_file)
-                        if code == EXIT_RESTART and self.restarts < self.config.max_restarts:
-                            self.restarts += 1
-                            log.warning("A parameter server was lost; restarting ps and coordinator from the last "
-                                        "checkpoint (restart %d of %d).", self.restarts, self.config.max_restarts)
-                            continue
-                        return code
-                finally:
-                    self.stop()
-        finally:
-            with contextlib.suppress(OSError):
-                os.unlink(config_file)
-                os.rmdir(private)
+        with self._signals():  # held through the cleanup, so a second signal cannot cut it short
+            try:
+                while True:
+                    code = self._attempt(config_file)
+                    if code == EXIT_RESTART and self.restarts < self.config.max_restarts:
+                        self.restarts += 1
+                        log.warning("A parameter server was lost; restarting ps and coordinator from the last "
+                                    "checkpoint (restart %d of %d).", self.restarts, self.config.max_restarts)
+                        continue
+                    return code
+            finally:
+                self.stop()
+                with contextlib.suppress(OSError):
+                    os.unlink(config_file)
+                    os.rmdir(private)
 
     def _attempt(self, config_file: str) -> int:
         self.stop()

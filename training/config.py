@@ -51,8 +51,8 @@ class TrainConfig(StrictModel):
     eval_every: int | None = Field(1000, gt=0, description="steps between evaluations")
     eval_rows: int | None = Field(200_000, gt=0, description="rows of the eval split used per evaluation")
     log_every: int = Field(50, gt=0, description="steps between progress and TensorBoard updates")
-    steps_per_execution: int = Field(10, gt=0, description="steps per scheduled function, unrolled in one graph "
-                                    "(fewer round trips; more steps trace longer)")
+    steps_per_execution: int = Field(
+        10, gt=0, description="steps per scheduled function, unrolled in one graph (fewer round trips; more trace longer)")
     checkpoint: CheckpointConfig = CheckpointConfig()
     model: ModelConfig = ModelConfig()
     cluster: Literal["none", "local", "tf-config"] = "none"

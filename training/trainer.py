@@ -186,8 +186,8 @@ def train(config: TrainConfig, *, cluster: ClusterSpec | None = None, progress: 
         """A function running ``k`` steps per call (one round trip for k steps); returns the mean
         loss, and the seconds spent waiting for batches and in all (for the input stall). The
         steps are unrolled, not a ``tf.range`` loop: with variables on the ps such a loop is a
-        while loop spanning processes, whose per-iteration control costs a round trip (1 worker
-        + 1 ps here, in turns: 24.7-28.7k examples/s unrolled against 22.9-25.5k)."""
+        while loop spanning processes, measured slower (1 worker + 1 ps here, in turns:
+        24.7-28.7k examples/s unrolled against 22.9-25.5k)."""
         if k not in step_functions:
             @tf.function
             def run(iterator: Any) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
