@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -110,6 +111,35 @@ def test_cli_rejects_bad_tf_config_in_one_line(clicks, tmp_path, monkeypatch) ->
     monkeypatch.setenv("TF_CONFIG", "[1, 2")
     proc = run_cli("train-server", check=False)
     assert proc.returncode == 2 and "TF_CONFIG is not valid JSON" in proc.stderr
+
+
+@pytest.mark.parametrize("input_s, step_s, low, high", [
+    (0.03, 0.0, 0.8, 1.0),  # input-bound: nearly all the time is waiting
+    (0.0, 0.03, 0.0, 0.15),  # compute-bound: batches are ready when asked for
+    (0.04, 0.02, 0.25, 0.75),  # a prefetched batch half made while the step ran: about (40 - 20) / 40
+], ids=["input-bound", "compute-bound", "overlapped"])
+def test_input_stall_is_the_share_of_step_time_spent_waiting_for_batches(input_s, step_s, low, high) -> None:
+    import tensorflow as tf
+
+    from shardflow.training.trainer import timed_steps
+
+    def sleep(seconds: float) -> Callable[[tf.Tensor], tf.Tensor]:
+        def slow(x: tf.Tensor) -> tf.Tensor:
+            time.sleep(seconds)
+            return x
+        return lambda x: tf.py_function(slow, [x], tf.float32)
+
+    data = tf.data.Dataset.range(10**6).map(lambda i: tf.cast(i, tf.float32)).map(sleep(input_s))
+    iterator = iter(data.map(lambda x: (x, 2 * x)).prefetch(1))
+    steps = timed_steps(5, lambda x, y: sleep(step_s)(y))
+    steps(iterator)  # traced, and the prefetch buffer in its steady state
+    losses, stalls = [], []
+    for _ in range(3):
+        loss, waited, busy = (float(t) for t in steps(iterator))
+        losses.append(loss)
+        stalls.append(waited / busy)
+    assert losses == [2 * (5 * n + 2) for n in (1, 2, 3)]  # the mean of 2x over each call's five batches
+    assert low <= sorted(stalls)[1] <= high, stalls
 
 
 def test_each_worker_reads_its_own_shards(clicks) -> None:

@@ -7,7 +7,7 @@ selected strategy. Either way:
 
 * each worker reads its own shards (see :mod:`.inputs`), and how many batches each worker
   consumed is a variable saved with every checkpoint, so a resumed run skips exactly those;
-* every step measures how long it waited for its batch: the input stall;
+* every step measures how long it waited for its batch: the input stall (:func:`timed_steps`);
 * checkpoints are asynchronous and uploaded in the background (:mod:`.checkpointing`);
 * evaluation (loss, AUC, accuracy) runs in this process on the eval split.
 """
@@ -37,7 +37,7 @@ from .model import build_model
 from .report import classification_metrics, plot_curves
 from .strategy import ClusterSpec, make_strategy
 
-__all__ = ["LOST_CLUSTER", "TrainSummary", "train", "synth_optimum"]
+__all__ = ["LOST_CLUSTER", "TrainSummary", "timed_steps", "train", "synth_optimum"]
 
 log = logging.getLogger(__name__)
 
@@ -178,36 +178,21 @@ def train(config: TrainConfig, *, cluster: ClusterSpec | None = None, progress: 
             loss = tf.nn.compute_average_loss(per_row, global_batch_size=global_batch)
         grads = tape.gradient(loss, model.trainable_variables)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        # Done once the gradients are: the updates may still be on their way to the ps.
+        with tf.control_dependencies([g for g in tf.nest.flatten(grads, expand_composites=True) if g is not None]):
+            return tf.identity(loss)
+
+    def one_step(features: dict[str, tf.Tensor], labels: tf.Tensor, worker: tf.Tensor) -> tf.Tensor:
+        loss = strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(replica_step, args=(features, labels)), axis=None)
+        with tf.control_dependencies([loss]):
+            positions.assign_add(tf.one_hot(worker if ps_mode else 0, workers, dtype=tf.int64))
         return loss
 
     step_functions: dict[int, Any] = {}
 
     def train_steps(k: int) -> Any:
-        """A function running ``k`` steps per call (one round trip for k steps); returns the mean
-        loss, and the seconds spent waiting for batches and in all (for the input stall). The
-        steps are unrolled, not a ``tf.range`` loop: with variables on the ps such a loop is a
-        while loop spanning processes, measured slower (1 worker + 1 ps here, in turns:
-        24.7-28.7k examples/s unrolled against 22.9-25.5k)."""
         if k not in step_functions:
-            @tf.function
-            def run(iterator: Any) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-                loss = tf.constant(0.0)
-                waited = busy = tf.constant(0.0, tf.float64)
-                for _ in range(k):
-                    started = tf.timestamp()
-                    features, labels, worker = next(iterator)
-                    got_batch = tf.timestamp()
-                    step_loss = strategy.reduce(tf.distribute.ReduceOp.SUM,
-                                                strategy.run(replica_step, args=(features, labels)), axis=None)
-                    with tf.control_dependencies([step_loss]):
-                        positions.assign_add(tf.one_hot(worker if ps_mode else 0, workers, dtype=tf.int64))
-                        finished = tf.timestamp()
-                    loss += step_loss
-                    waited += got_batch - started
-                    busy += finished - started
-                return loss / k, waited, busy
-
-            step_functions[k] = run
+            step_functions[k] = timed_steps(k, one_step)
         return step_functions[k]
 
     eval_data = _eval_data(config, dataset, spec, reader)
@@ -301,6 +286,38 @@ def train(config: TrainConfig, *, cluster: ClusterSpec | None = None, progress: 
                                           os.path.join(config.run_dir, "curves.png"),
                                           f"{redact_url(config.data)}: {strategy_name}, {workers} worker(s)")
     return summary
+
+
+def timed_steps(k: int, step: Callable[..., tf.Tensor]) -> Any:
+    """A ``tf.function(iterator)`` running ``step(*next(iterator))`` ``k`` times (one round trip
+    for k steps); returns the mean loss, the seconds spent waiting for batches and the seconds
+    of all k steps: their ratio is the input stall.
+
+    A wait runs from the end of the previous step to the arrival of the batch, so it is time
+    with nothing to compute; for that, ``step`` returns its loss only once its own work is done
+    (its gradients computed). The steps are unrolled, not a ``tf.range`` loop: with variables
+    on the ps such a loop is a while loop spanning processes, measured slower (1 worker + 1 ps
+    here, in turns: 24.7-28.7k examples/s unrolled against 22.9-25.5k).
+    """
+
+    @tf.function
+    def run(iterator: Any) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        loss = tf.constant(0.0)
+        waited = tf.constant(0.0, tf.float64)
+        first = started = tf.timestamp()
+        for _ in range(k):
+            batch = next(iterator)  # may be fetched while the previous step runs
+            with tf.control_dependencies(tf.nest.flatten(batch)):
+                got_batch = tf.timestamp()
+            step_loss = step(*batch)
+            with tf.control_dependencies([step_loss]):
+                finished = tf.timestamp()
+            loss += step_loss
+            waited += got_batch - started
+            started = finished
+        return loss / k, waited, started - first
+
+    return run
 
 
 def _sharded_variables(model: tf_keras.Model) -> dict[str, int]:
