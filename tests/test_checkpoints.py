@@ -91,3 +91,23 @@ def test_malformed_record_names_the_file(tmp_path) -> None:
     (tmp_path / "store" / "_checkpoints" / f"c{1:012d}.json").write_text("{not json")
     with pytest.raises(ValueError, match=f"c{1:012d}.json"):
         store.latest()
+
+
+def test_a_failed_local_write_is_raised_not_lost(tmp_path) -> None:
+    """TensorFlow's asynchronous write keeps its error for the next write; the last save of a
+    run has no next write, so the writer must raise it itself."""
+    import tensorflow as tf
+
+    from shardflow.training.checkpointing import CheckpointWriter
+
+    store = CheckpointStore(str(tmp_path / "store"))
+    checkpoint = tf.train.Checkpoint(v=tf.Variable([1.0, 2.0]))
+    ok = CheckpointWriter(checkpoint, store, local_dir=str(tmp_path / "local"), keep=3)
+    ok.save(1)
+    ok.close()
+    (tmp_path / "a-file").write_text("not a directory")
+    broken = CheckpointWriter(checkpoint, store, local_dir=str(tmp_path / "a-file" / "local"), keep=3)
+    broken.save(2)
+    with pytest.raises(RuntimeError, match=r"step 2 was not committed.*a-file"):
+        broken.close()
+    assert [c.step for c in store.list()] == [1] and store.latest().step == 1

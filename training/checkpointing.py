@@ -3,8 +3,9 @@
 ``save`` starts TensorFlow's asynchronous checkpoint write to local disk and returns at once
 (DESIGN.md fact 11). When the write completes, a callback hands the directory to one
 background uploader thread, which publishes it through storage's :class:`CheckpointStore`
-(files first, the commit record last) and then applies retention. Errors in that thread are
-raised in the training thread at the next ``save`` or at ``close``.
+(files first, the commit record last) and then applies retention. Errors in that thread, and
+a local write that failed, are raised in the training thread at the next ``save`` or at
+``wait``/``close``.
 
 Each committed checkpoint directory also holds a ``checkpoint`` state file, so anyone who
 downloads it can call ``tf.train.load_checkpoint(directory)``.
@@ -77,7 +78,11 @@ class CheckpointWriter:
         if os.path.exists(directory):
             shutil.rmtree(directory)
         self._writing.append((step, directory, dict(metadata or {})))
-        self.checkpoint.write(os.path.join(directory, PREFIX), options=self._options)
+        try:
+            self.checkpoint.write(os.path.join(directory, PREFIX), options=self._options)
+        except BaseException:  # an earlier asynchronous write failed (TensorFlow raises it here)
+            self._writing.pop()
+            raise
         blocked = time.perf_counter() - started
         self.stats.saves += 1
         self.stats.blocked_seconds += blocked
@@ -102,8 +107,21 @@ class CheckpointWriter:
     def wait(self) -> None:
         """Block until every checkpoint saved so far is committed (or raise its error)."""
         self.checkpoint.sync()
+        # A write that failed never calls back, and TensorFlow keeps its error for the next
+        # write: without this, the last checkpoint of a run could be lost without a word.
+        failed, self._writing = list(self._writing), collections.deque()
         self._queue.join()
         self._raise_pending()
+        if failed:
+            # TensorFlow's stored error, where this version keeps it (no public accessor); taken, so
+            # that TensorFlow does not raise it again at exit.
+            helper = getattr(self.checkpoint, "_async_checkpointer_impl", None)
+            cause = getattr(helper, "_async_error", None)
+            if cause is not None:
+                helper._async_error = None
+            steps = ", ".join(str(step) for step, _, _ in failed)
+            raise RuntimeError(f"Checkpoint at step {steps} was not committed: writing it to {failed[0][1]} "
+                               f"failed{f': {cause}' if cause else ''}.") from cause
 
     def close(self) -> None:
         """Finish pending uploads and stop the uploader."""
