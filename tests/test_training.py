@@ -154,6 +154,33 @@ def test_each_worker_reads_its_own_shards(clicks) -> None:
     assert few == shards[:1] and striped
 
 
+def test_workers_striping_the_same_shards_read_each_row_once(clicks, tmp_path) -> None:
+    """More workers than shards: every worker reads every shard and keeps its stripe of rows;
+    with shuffling on, the stripes still split one epoch exactly (the trainer seeds them alike)."""
+    from collections import Counter
+
+    from shardflow.training.inputs import InputSpec, ShardReader, make_dataset, worker_shards
+
+    dataset = open_dataset(clicks)
+    spec = InputSpec.from_dataset(dataset, None)
+    shards = [s for s in dataset.shards("train") if s.format == "tfrecord"]
+    workers = len(shards) + 2
+    paths = ShardReader(dataset, spec, cache_dir=str(tmp_path / "cache"), cache_bytes=1 << 30).prepare(shards)
+
+    def rows(ds) -> Counter:
+        return Counter(repr(row) for features, _ in ds  # repr: NaN (a null) equals itself only as text
+                       for row in zip(*(features[n].numpy().tolist() for n in ("C1", "C2", "C3", "I1", "I2"))))
+
+    everything = rows(make_dataset(paths, "tfrecord", spec, batch_size=500, repeat=False))
+    read = Counter()
+    for worker in range(workers):
+        mine, striped = worker_shards(shards, worker, workers)
+        assert striped and len(mine) == len(shards)
+        read += rows(make_dataset(paths, "tfrecord", spec, batch_size=500, shuffle_buffer=1000, seed=7, repeat=False,
+                                  stripe=(worker, workers)))
+    assert read == everything and sum(read.values()) == sum(s.rows for s in shards)
+
+
 @pytest.mark.parametrize("fmt", ["tfrecord", "parquet"])
 def test_a_resumed_stream_continues_where_it_stopped(clicks, tmp_path, fmt: str) -> None:
     from shardflow.training.inputs import InputSpec, ShardReader, make_dataset

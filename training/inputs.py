@@ -180,7 +180,8 @@ def make_dataset(paths: Sequence[str], fmt: str, spec: InputSpec, *, batch_size:
         shuffle_buffer: Rows in the shuffle buffer (0: no shuffling; files are then read in order).
         repeat: Repeat forever, reshuffling the file order each epoch (seeded).
         skip_batches: Batches already consumed (a resumed run).
-        stripe: ``(index, count)``: keep only every count-th row from index.
+        stripe: ``(index, count)``: keep only every count-th row from index. The stripes of one
+            set of files partition its rows only when all are read with the same ``seed``.
         compressed: TFRecord files are GZIP-compressed.
     """
     if not paths:

@@ -149,8 +149,9 @@ def train(config: TrainConfig, *, cluster: ClusterSpec | None = None, progress: 
     def worker_dataset(worker: int) -> tf.data.Dataset:
         shards, striped = worker_shards(train_shards, worker, workers)
         paths = [reader.path(s) for s in shards] if ps_mode else reader.prepare(shards)
+        # One seed for all: workers striping the same files must read them in the same order.
         ds = make_dataset(paths, fmt, spec, batch_size=config.batch_size, shuffle_buffer=config.shuffle_buffer,
-                          seed=config.seed + worker, skip_batches=int(skip[worker]), compressed=compressed,
+                          seed=config.seed, skip_batches=int(skip[worker]), compressed=compressed,
                           stripe=(worker, workers) if striped else None)
         return ds.map(lambda features, label: (features, label, tf.constant(worker, tf.int32)))
 
