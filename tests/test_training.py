@@ -181,6 +181,34 @@ def test_workers_striping_the_same_shards_read_each_row_once(clicks, tmp_path) -
     assert read == everything and sum(read.values()) == sum(s.rows for s in shards)
 
 
+MIRRORED_ON_TWO_CPUS = """
+import json, sys
+import tensorflow as tf
+tf.config.set_logical_device_configuration(tf.config.list_physical_devices("CPU")[0],
+                                           [tf.config.LogicalDeviceConfiguration()] * 2)
+from shardflow.training import trainer
+from shardflow.training.config import load_train_config
+# The one substitution: MirroredStrategy over the two logical CPUs (it picks GPUs, or one CPU, by itself).
+trainer.make_strategy = lambda *a, **k: (tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]), "mirrored")
+summary = trainer.train(load_train_config(sys.argv[1]))
+print(json.dumps({"steps": summary.steps}))
+"""
+
+
+def test_a_replicated_step_counts_every_batch_it_takes(clicks, tmp_path) -> None:
+    """Under a mirrored (or TPU) strategy one step takes a batch per replica: epochs and the saved
+    input position count them all, or a resumed run would repeat data and an epoch run twice."""
+    config = _config(tmp_path, data=clicks, epochs=1, batch_size=500, eval_split=None, strategy="mirrored")
+    result = subprocess.run([sys.executable, "-c", MIRRORED_ON_TWO_CPUS, config], capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    steps = json.loads(result.stdout.strip().splitlines()[-1])["steps"]
+    rows = sum(s.rows for s in open_dataset(clicks).shards("train") if s.format == "tfrecord")
+    assert steps == -(-rows // 1000)  # one epoch of 2 replicas x 500 rows
+    latest = CheckpointStore(str(tmp_path / "run" / "checkpoints")).latest()
+    assert latest.step == steps and latest.metadata["batches_consumed"] == [2 * steps]
+
+
 @pytest.mark.parametrize("fmt", ["tfrecord", "parquet"])
 def test_a_resumed_stream_continues_where_it_stopped(clicks, tmp_path, fmt: str) -> None:
     from shardflow.training.inputs import InputSpec, ShardReader, make_dataset

@@ -118,12 +118,15 @@ def train(config: TrainConfig, *, cluster: ClusterSpec | None = None, progress: 
     fmt = choose_format(dataset, config.train_split, config.format)
     train_shards = [s for s in dataset.shards(config.train_split) if s.format.startswith(fmt)]
     train_rows = sum(s.rows for s in train_shards)
-    total_steps = config.steps or max(1, math.ceil(config.epochs * train_rows / config.batch_size))
     save_run_config(config)
 
     strategy, strategy_name = make_strategy(config.strategy, cluster=cluster, min_shard_bytes=config.model.min_shard_bytes)
     ps_mode = strategy_name == "parameter_server"
     workers = cluster.workers if ps_mode and cluster else 1
+    # Batches one step takes: one per worker step under ParameterServerStrategy, one per replica
+    # otherwise (a mirrored or TPU step splits its global batch over the replicas).
+    batches_per_step = 1 if ps_mode else strategy.num_replicas_in_sync
+    total_steps = config.steps or max(1, math.ceil(config.epochs * train_rows / (config.batch_size * batches_per_step)))
     with strategy.scope():
         model = build_model(spec, config.model)
         optimizer = _optimizer(config)
@@ -186,7 +189,7 @@ def train(config: TrainConfig, *, cluster: ClusterSpec | None = None, progress: 
     def one_step(features: dict[str, tf.Tensor], labels: tf.Tensor, worker: tf.Tensor) -> tf.Tensor:
         loss = strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(replica_step, args=(features, labels)), axis=None)
         with tf.control_dependencies([loss]):
-            positions.assign_add(tf.one_hot(worker if ps_mode else 0, workers, dtype=tf.int64))
+            positions.assign_add(tf.one_hot(worker if ps_mode else 0, workers, dtype=tf.int64) * batches_per_step)
         return loss
 
     step_functions: dict[int, Any] = {}
