@@ -14,7 +14,7 @@ __all__ = ["CheckpointConfig", "ModelConfig", "TrainConfig", "load_train_config"
 class ModelConfig(StrictModel):
     """The built-in click-through model, or a user model by import path."""
 
-    function: str | None = None  # "module:function" receiving (feature_spec, label, config); default: built-in
+    function: str | None = None  # "module:function" receiving (InputSpec, ModelConfig); default: built-in
     hash_buckets: int = Field(1 << 20, gt=0, description="rows of the shared id embedding table")
     embedding_dim: int = Field(16, gt=0)
     hidden_units: list[int] = [256, 128]

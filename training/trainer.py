@@ -52,7 +52,7 @@ class TrainSummary:
     strategy: str
     start_step: int
     steps: int
-    examples: int = 0  # examples and seconds after the first logged steps (start-up and tracing excluded)
+    examples: int = 0  # after the first logged steps; start-up, tracing, saves, evaluations excluded
     seconds: float = 0.0
     input_stall: float = 0.0
     resumed_from: int | None = None
@@ -229,7 +229,8 @@ def train(config: TrainConfig, *, cluster: ClusterSpec | None = None, progress: 
     waits = totals = 0.0
     loop_started = last_log = last_checkpoint = time.perf_counter()
     logged_step = step
-    warm: tuple[float, int] | None = None  # (time, step) after the first logged interval: tracing excluded
+    paused = logged_paused = 0.0  # seconds spent saving checkpoints and evaluating: not in examples/s
+    warm: tuple[float, int, float] | None = None  # (time, step, paused) at the first log: tracing excluded
 
     def crossed(every: int | None, before: int) -> bool:
         return bool(every) and step // every > before // every and step < total_steps
@@ -248,28 +249,32 @@ def train(config: TrainConfig, *, cluster: ClusterSpec | None = None, progress: 
                 waits, totals = waits + wait, totals + busy
                 point = {"step": float(step), "loss": float(np.average([v[0] for _, v in values],
                                                                        weights=[k for k, _ in values])),
-                         "examples_per_s": (step - logged_step) * global_batch / max(now - last_log, 1e-9),
+                         "examples_per_s": (step - logged_step) * global_batch
+                         / max(now - last_log - (paused - logged_paused), 1e-9),
                          "input_stall": wait / busy if busy else 0.0}
                 summary.history.append(point)
                 with writer_tb.as_default(step=step):
                     for name in ("loss", "examples_per_s", "input_stall"):
                         tf.summary.scalar(f"train/{name}", point[name])
                 report("step", **point, total_steps=total_steps)
-                last_log, logged_step = now, step
-                warm = warm or (now, step)
+                last_log, logged_step, logged_paused = now, step, paused
+                warm = warm or (now, step, paused)
             due_time = config.checkpoint.every_seconds and \
                 time.perf_counter() - last_checkpoint >= config.checkpoint.every_seconds and step < total_steps
             if crossed(config.checkpoint.every_steps, before) or due_time:
                 join()  # a consistent state: no step half applied
                 blocked = uploader.save(step, state())
+                paused += blocked
                 last_checkpoint = time.perf_counter()
                 report("checkpoint", step=step, blocked=blocked)
             if crossed(config.eval_every, before) and eval_data is not None:
                 join()
+                evaluating = time.perf_counter()
                 evaluate(step)
+                paused += time.perf_counter() - evaluating
         join()
-        since, first = warm if warm is not None and warm[1] < step else (loop_started, start_step)
-        summary.seconds = time.perf_counter() - since
+        since, first, paused_before = warm if warm is not None and warm[1] < step else (loop_started, start_step, 0.0)
+        summary.seconds = time.perf_counter() - since - (paused - paused_before)
         summary.steps = int(optimizer.iterations.numpy())
         summary.examples = (step - first) * global_batch
         summary.input_stall = waits / totals if totals else 0.0
@@ -279,8 +284,15 @@ def train(config: TrainConfig, *, cluster: ClusterSpec | None = None, progress: 
         if eval_data is not None:
             evaluate(summary.steps)
         uploader.wait()
-    finally:
+    except BaseException:
+        try:
+            uploader.close()
+        except Exception as upload_error:  # the error already on its way out is the one to report
+            log.warning("checkpoint upload failed too: %s", upload_error)
+        raise
+    else:
         uploader.close()
+    finally:
         writer_tb.flush()
     summary.checkpoints = uploader.stats
     summary.export_path = export_saved_model(model, spec, config.model, config.resolved_export_dir(), step=summary.steps,
