@@ -405,3 +405,15 @@ def test_resuming_with_another_worker_count_is_refused_clearly(clicks, tmp_path)
     record.write_text(json.dumps(data))
     with pytest.raises(ValueError, match="written by 3 workers; resume with the same number"):
         train(load_train_config(_config(tmp_path), {"data": clicks, "steps": 20, "eval_split": None}))
+
+
+def test_resuming_a_changed_model_is_refused_clearly(clicks, tmp_path) -> None:
+    from shardflow.training.config import load_train_config
+    from shardflow.training.trainer import train
+
+    train(load_train_config(_config(tmp_path), {"data": clicks, "steps": 10, "eval_split": None}))
+    changed = load_train_config(_config(tmp_path), {"data": clicks, "steps": 20, "eval_split": None,
+                                                    "model": {**SMALL_MODEL, "hidden_units": [16, 8]}})
+    with pytest.raises(ValueError, match="checkpoint at step 10 in .* does not match this model"):
+        train(changed)
+    assert train(load_train_config(_config(tmp_path), {"data": clicks, "steps": 20, "eval_split": None})).start_step == 10

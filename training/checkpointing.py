@@ -139,4 +139,9 @@ def restore(checkpoint: tf.train.Checkpoint, store: CheckpointStore, record: Che
     rest of the run: variables created later (optimizer slots) restore from them then.
     """
     directory = store.download(record, os.path.join(local_dir, f"step-{record.step:012d}"))
-    checkpoint.read(os.path.join(directory, PREFIX)).expect_partial()
+    try:  # every variable this job has must come from the checkpoint: a changed model is not resumed
+        checkpoint.read(os.path.join(directory, PREFIX)).assert_existing_objects_matched()
+    except (AssertionError, ValueError) as e:  # unmatched objects; a variable of another shape
+        raise ValueError(f"The checkpoint at step {record.step} in {redact_url(store.url)} does not match this model "
+                         f"and optimizer (changed since it was written?): {str(e).splitlines()[0][:300]}. Train into a "
+                         "new checkpoint directory, or restore the model settings it was written with.") from None
