@@ -171,15 +171,15 @@ class ShardReader:
 
 
 def make_dataset(paths: Sequence[str], fmt: str, spec: InputSpec, *, batch_size: int, shuffle_buffer: int = 0,
-                 seed: int = 0, repeat: bool = True, skip_batches: int = 0, stripe: tuple[int, int] | None = None,
-                 compressed: bool = False) -> tf.data.Dataset:
+                 seed: int = 0, repeat: bool = True, skip_batches: int | tf.Tensor = 0,
+                 stripe: tuple[int, int] | None = None, compressed: bool = False) -> tf.data.Dataset:
     """``(features, label)`` batches of ``batch_size`` read from local ``paths``, in parallel.
 
     Args:
         fmt: ``"tfrecord"`` (tf.train.Example records) or ``"parquet"`` (prepared columnar files).
         shuffle_buffer: Rows in the shuffle buffer (0: no shuffling; files are then read in order).
         repeat: Repeat forever, reshuffling the file order each epoch (seeded).
-        skip_batches: Batches already consumed (a resumed run).
+        skip_batches: Batches already consumed (a resumed run, a restarted worker).
         stripe: ``(index, count)``: keep only every count-th row from index. The stripes of one
             set of files partition its rows only when all are read with the same ``seed``.
         compressed: TFRecord files are GZIP-compressed.

@@ -142,7 +142,6 @@ def train(config: TrainConfig, *, cluster: ClusterSpec | None = None, progress: 
                              f"{restored.metadata.get('workers')} workers; resume with the same number (got {workers}).")
         restore(checkpoint, store, restored, local_dir=os.path.join(local_checkpoints, "restored"))
     start_step = int(optimizer.iterations.numpy())
-    skip = positions.numpy().tolist()
     summary = TrainSummary(strategy=strategy_name, start_step=start_step, steps=start_step, sharded=_sharded_variables(model),
                            resumed_from=restored.step if restored else None, optimum_auc=synth_optimum(dataset))
 
@@ -152,9 +151,11 @@ def train(config: TrainConfig, *, cluster: ClusterSpec | None = None, progress: 
     def worker_dataset(worker: int) -> tf.data.Dataset:
         shards, striped = worker_shards(train_shards, worker, workers)
         paths = [reader.path(s) for s in shards] if ps_mode else reader.prepare(shards)
-        # One seed for all: workers striping the same files must read them in the same order.
+        # One seed for all: workers striping the same files must read them in the same order. The
+        # skip is read from the variable when the dataset is made, which TensorFlow does again for
+        # a worker that restarts: it goes on from where it stopped, not from where the run began.
         ds = make_dataset(paths, fmt, spec, batch_size=config.batch_size, shuffle_buffer=config.shuffle_buffer,
-                          seed=config.seed, skip_batches=int(skip[worker]), compressed=compressed,
+                          seed=config.seed, skip_batches=positions[worker], compressed=compressed,
                           stripe=(worker, workers) if striped else None)
         return ds.map(lambda features, label: (features, label, tf.constant(worker, tf.int32)))
 
