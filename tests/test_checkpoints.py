@@ -111,3 +111,14 @@ def test_a_failed_local_write_is_raised_not_lost(tmp_path) -> None:
     with pytest.raises(RuntimeError, match=r"step 2 was not committed.*a-file"):
         broken.close()
     assert [c.step for c in store.list()] == [1] and store.latest().step == 1
+
+    # Mid-run, TensorFlow raises the failure at the next save; the save after that publishes itself.
+    mended = CheckpointWriter(checkpoint, store, local_dir=str(tmp_path / "a-file" / "local"), keep=3)
+    mended.save(3)
+    mended.checkpoint.sync()
+    (tmp_path / "a-file").unlink()
+    with pytest.raises(RuntimeError, match=r"step 3 was not committed.*a-file"):
+        mended.save(4)
+    mended.save(5)
+    mended.close()
+    assert [c.step for c in store.list()] == [1, 5]

@@ -182,7 +182,7 @@ def test_workers_striping_the_same_shards_read_each_row_once(clicks, tmp_path) -
 
 
 MIRRORED_ON_TWO_CPUS = """
-import json, sys
+import json, sys, time
 import tensorflow as tf
 tf.config.set_logical_device_configuration(tf.config.list_physical_devices("CPU")[0],
                                            [tf.config.LogicalDeviceConfiguration()] * 2)
@@ -191,7 +191,15 @@ from shardflow.training.config import load_train_config
 # The one substitution: MirroredStrategy over the two logical CPUs (it picks GPUs, or one CPU, by itself).
 trainer.make_strategy = lambda *a, **k: (tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]), "mirrored")
 summary = trainer.train(load_train_config(sys.argv[1]))
-print(json.dumps({"steps": summary.steps}))
+# The input stall sees per-replica batches: with a slow input, nearly all the time is waiting.
+def slow(x):
+    time.sleep(0.03)
+    return x
+data = tf.data.Dataset.range(10**6).map(lambda i: (tf.py_function(slow, [tf.cast(i, tf.float32)], tf.float32),))
+iterator = iter(trainer.make_strategy()[0].experimental_distribute_dataset(data.batch(2)))
+steps = trainer.timed_steps(3, lambda x: tf.constant(0.0))
+stalls = sorted(float(waited / busy) for _, waited, busy in (steps(iterator) for _ in range(3)))
+print(json.dumps({"steps": summary.steps, "stall": stalls[1]}))
 """
 
 
@@ -202,7 +210,9 @@ def test_a_replicated_step_counts_every_batch_it_takes(clicks, tmp_path) -> None
     result = subprocess.run([sys.executable, "-c", MIRRORED_ON_TWO_CPUS, config], capture_output=True, text=True,
                             timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    steps = json.loads(result.stdout.strip().splitlines()[-1])["steps"]
+    printed = json.loads(result.stdout.strip().splitlines()[-1])
+    steps = printed["steps"]
+    assert printed["stall"] > 0.8, printed
     rows = sum(s.rows for s in open_dataset(clicks).shards("train") if s.format == "tfrecord")
     assert steps == -(-rows // 1000)  # one epoch of 2 replicas x 500 rows
     latest = CheckpointStore(str(tmp_path / "run" / "checkpoints")).latest()

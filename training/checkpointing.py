@@ -80,9 +80,11 @@ class CheckpointWriter:
         self._writing.append((step, directory, dict(metadata or {})))
         try:
             self.checkpoint.write(os.path.join(directory, PREFIX), options=self._options)
-        except BaseException:  # an earlier asynchronous write failed (TensorFlow raises it here)
-            self._writing.pop()
-            raise
+        except Exception as e:  # an earlier asynchronous write failed: TensorFlow raises it here
+            failed = [str(s) for s, _, _ in list(self._writing)[:-1]]
+            self._writing.clear()  # none of them calls back now; a later write must not take their place
+            raise RuntimeError(f"Checkpoint at step {', '.join(failed) or step} was not committed: writing it "
+                               f"failed: {e}") from e
         blocked = time.perf_counter() - started
         self.stats.saves += 1
         self.stats.blocked_seconds += blocked
@@ -144,4 +146,4 @@ def restore(checkpoint: tf.train.Checkpoint, store: CheckpointStore, record: Che
     except (AssertionError, ValueError) as e:  # unmatched objects; a variable of another shape
         raise ValueError(f"The checkpoint at step {record.step} in {redact_url(store.url)} does not match this model "
                          f"and optimizer (changed since it was written?): {str(e).splitlines()[0][:300]}. Train into a "
-                         "new checkpoint directory, or restore the model settings it was written with.") from None
+                         "new checkpoint directory, or restore the model settings it was written with.") from e
