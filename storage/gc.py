@@ -152,20 +152,23 @@ def collect_garbage(
                 log.info("gc removed %s", redact_url(join_url(url, rel)))
         report.removed += _abort_stale_uploads(fs, root, cutoff, dry_run)
         if is_local(fs) and not dry_run:
-            _remove_empty_dirs(posixpath.join(root, STAGING_DIR), cutoff)
+            emptied = {os.path.normpath(posixpath.dirname(path)) for rel, path, _ in doomed if rel in report.removed}
+            _remove_empty_dirs(posixpath.join(root, STAGING_DIR), cutoff, emptied)
     return report
 
 
-def _remove_empty_dirs(top: str, cutoff: _dt.datetime) -> None:
+def _remove_empty_dirs(top: str, cutoff: _dt.datetime, emptied: set[str]) -> None:
     """Local disk keeps the directories of killed writers' staging; object stores have none.
 
-    Only old, empty directories below ``top`` go (writers recreate theirs before each file).
+    Only empty directories below ``top`` go that are old or that this gc emptied (removing their
+    files made them look new); writers recreate theirs before each file.
     """
     for parent, _, _ in sorted(os.walk(top), key=lambda entry: -len(entry[0])):
         if parent == top:
             continue
         try:
-            if _dt.datetime.fromtimestamp(os.stat(parent).st_mtime, _dt.timezone.utc) <= cutoff:
+            if (os.path.normpath(parent) in emptied
+                    or _dt.datetime.fromtimestamp(os.stat(parent).st_mtime, _dt.timezone.utc) <= cutoff):
                 os.rmdir(parent)
         except OSError:
             pass  # not empty, or gone

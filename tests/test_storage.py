@@ -470,3 +470,17 @@ def test_gc_removes_temporary_manifest_files(location: Location) -> None:
     leftover = "_manifests/.tmp-0123456789abcdef-v00000002.json"
     fs.pipe_file(posixpath.join(root, leftover), b"{")
     assert leftover in collect_garbage(location.url, storage_options=location.storage_options, grace_seconds=0).removed
+
+
+def test_gc_removes_the_staging_directory_it_empties(tmp_path) -> None:
+    """Removing a dead writer's staging file makes its directory look new; gc removes it all the same."""
+    root = tmp_path / "ds"
+    staged = root / "_staging" / "0123456789abcdef"
+    staged.mkdir(parents=True)
+    (staged / "a1b2c3.parquet").write_bytes(b"half a shard")
+    hours_ago = time.time() - 2 * 3600
+    for path in (staged / "a1b2c3.parquet", staged):
+        os.utime(path, (hours_ago, hours_ago))
+    report = collect_garbage(str(root), grace_seconds=3600, force=True)  # a first write that never committed
+    assert report.removed == ["_staging/0123456789abcdef/a1b2c3.parquet"]
+    assert os.listdir(root / "_staging") == []
