@@ -134,6 +134,7 @@ def collect_garbage(
         newest = latest_manifest(fs, root, url)
         if newest is not None and newest.version not in manifests:
             referenced |= {s.path for s in newest.shards}
+        emptied: set[str] = set()  # staging directories whose files this gc removed
         for rel, path, size in doomed:
             if rel in referenced:
                 continue
@@ -149,10 +150,10 @@ def collect_garbage(
             report.bytes_freed += size
             if not dry_run:
                 fs.rm_file(path)
+                emptied.add(os.path.normpath(posixpath.dirname(path)))
                 log.info("gc removed %s", redact_url(join_url(url, rel)))
         report.removed += _abort_stale_uploads(fs, root, cutoff, dry_run)
         if is_local(fs) and not dry_run:
-            emptied = {os.path.normpath(posixpath.dirname(path)) for rel, path, _ in doomed if rel in report.removed}
             _remove_empty_dirs(posixpath.join(root, STAGING_DIR), cutoff, emptied)
     return report
 

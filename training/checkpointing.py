@@ -80,11 +80,11 @@ class CheckpointWriter:
         self._writing.append((step, directory, dict(metadata or {})))
         try:
             self.checkpoint.write(os.path.join(directory, PREFIX), options=self._options)
-        except Exception as e:  # an earlier asynchronous write failed: TensorFlow raises it here
-            failed = [str(s) for s, _, _ in list(self._writing)[:-1]]
-            self._writing.clear()  # none of them calls back now; a later write must not take their place
-            raise RuntimeError(f"Checkpoint at step {', '.join(failed) or step} was not committed: writing it "
-                               f"failed: {e}") from e
+        except Exception as e:
+            self._writing.pop()  # this write never started
+            if not self._writing:
+                raise
+            raise self._lost_writes(e) from e  # an earlier write failed: TensorFlow raises its error here
         blocked = time.perf_counter() - started
         self.stats.saves += 1
         self.stats.blocked_seconds += blocked
@@ -111,19 +111,30 @@ class CheckpointWriter:
         self.checkpoint.sync()
         # A write that failed never calls back, and TensorFlow keeps its error for the next
         # write: without this, the last checkpoint of a run could be lost without a word.
-        failed, self._writing = list(self._writing), collections.deque()
+        lost = self._lost_writes(self._take_write_error()) if self._writing else None
         self._queue.join()
         self._raise_pending()
-        if failed:
-            # TensorFlow's stored error, where this version keeps it (no public accessor); taken, so
-            # that TensorFlow does not raise it again at exit.
-            helper = getattr(self.checkpoint, "_async_checkpointer_impl", None)
-            cause = getattr(helper, "_async_error", None)
-            if cause is not None:
-                helper._async_error = None
-            steps = ", ".join(str(step) for step, _, _ in failed)
-            raise RuntimeError(f"Checkpoint at step {steps} was not committed: writing it to {failed[0][1]} "
-                               f"failed{f': {cause}' if cause else ''}.") from cause
+        if lost is not None:
+            raise lost
+
+    def _take_write_error(self) -> BaseException | None:
+        """TensorFlow's stored write error, where this version keeps it (no public accessor);
+        taken, so that TensorFlow does not raise it again at exit."""
+        helper = getattr(self.checkpoint, "_async_checkpointer_impl", None)
+        error = getattr(helper, "_async_error", None)
+        if error is not None:
+            helper._async_error = None
+        return error
+
+    def _lost_writes(self, cause: BaseException | None) -> RuntimeError:
+        """The error for writes that will never call back; they are forgotten, so that a later
+        write's callback cannot take their place."""
+        lost, self._writing = list(self._writing), collections.deque()
+        steps = ", ".join(str(step) for step, _, _ in lost)
+        error = RuntimeError(f"Checkpoint at step {steps} was not committed: writing it to {lost[0][1]} "
+                             f"failed{f': {cause}' if cause else ''}.")
+        error.__cause__ = cause
+        return error
 
     def close(self) -> None:
         """Finish pending uploads and stop the uploader."""

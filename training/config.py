@@ -52,7 +52,7 @@ class TrainConfig(StrictModel):
     eval_rows: int | None = Field(200_000, gt=0, description="rows of the eval split used per evaluation")
     log_every: int = Field(50, gt=0, description="steps between progress and TensorBoard updates")
     steps_per_execution: int = Field(
-        10, gt=0, description="steps per scheduled function, unrolled in one graph (fewer round trips; more trace longer)")
+        10, gt=0, description="steps per scheduled function, unrolled in one graph (fewer round trips; more take longer to trace)")
     checkpoint: CheckpointConfig = CheckpointConfig()
     model: ModelConfig = ModelConfig()
     cluster: Literal["none", "local", "tf-config"] = "none"

@@ -313,9 +313,10 @@ def timed_steps(k: int, step: Callable[..., tf.Tensor]) -> Any:
     A wait runs from the end of the previous step to the arrival of the batch; for that,
     ``step`` returns its loss only once its own work is done (its gradients computed). Under
     ParameterServerStrategy the ps may still be applying those gradients then, so a wait can
-    overlap that: there the stall is an upper bound. The steps are unrolled, not a ``tf.range`` loop: with variables
-    on the ps such a loop is a while loop spanning processes, measured slower (1 worker + 1 ps
-    here, in turns: 24.7-28.7k examples/s unrolled against 22.9-25.5k).
+    overlap that: there the stall is an upper bound. The steps are unrolled, not a
+    ``tf.range`` loop: with variables on the ps such a loop is a while loop spanning
+    processes, measured slower (1 worker + 1 ps here, in turns: 24.7-28.7k examples/s
+    unrolled against 22.9-25.5k).
     """
 
     @tf.function
