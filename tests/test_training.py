@@ -395,11 +395,49 @@ def test_a_lost_ps_is_replaced_and_training_resumes_from_the_last_checkpoint(cli
     lost = _ps_processes()
     assert len(lost) == 1
     os.kill(lost[0], signal.SIGKILL)
+    t0 = time.monotonic()
+    store = CheckpointStore(str(tmp_path / "run" / "checkpoints"))
+    while proc.poll() is None:
+        try:
+            l = store.latest()
+            print(round(time.monotonic() - t0, 1), l.step, l.metadata["batches_consumed"], flush=True)
+        except Exception as e:
+            print(e)
+        time.sleep(1)
     stdout, stderr = proc.communicate(timeout=600)
     assert proc.returncode == 0, stderr
     assert "A parameter server was lost; restarting ps and coordinator" in stderr
     assert "(resumed from " in stdout and "→ 400" in stdout
     assert CheckpointStore(str(tmp_path / "run" / "checkpoints")).latest().step == 400
+    assert not _cluster_processes(), "processes left behind"
+
+
+def test_a_lost_worker_is_restarted_and_trains_again_without_restarting_the_cluster(clicks, tmp_path) -> None:
+    exe = os.path.join(os.path.dirname(sys.executable), "shardflow")
+    out, err = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
+    with out.open("w") as stdout, err.open("w") as stderr:  # files, not pipes: a full pipe would stall the job
+        proc = subprocess.Popen([exe, "train", _config(tmp_path, checkpoint={"every_steps": 250}), "--data", clicks,
+                                 "--cluster", "local", "--workers", "2", "--ps", "1", "--steps", "3000"],
+                                stdout=stdout, stderr=stderr, text=True)
+    records = tmp_path / "run" / "checkpoints" / "_checkpoints"
+    deadline = time.monotonic() + 240
+    while not (records.exists() and any(records.iterdir())):
+        assert proc.poll() is None and time.monotonic() < deadline, err.read_text()
+        time.sleep(0.2)
+    store = CheckpointStore(str(tmp_path / "run" / "checkpoints"))
+    before = store.latest()
+    lost = _tagged(b"train-server", b'"type": "worker", "index": 0')
+    assert len(lost) == 1
+    os.kill(lost[0], signal.SIGKILL)
+    assert proc.wait(timeout=600) == 0, err.read_text()[-3000:]
+    assert "worker 0 exited with code -9; restarting it." in err.read_text()
+    assert "A parameter server was lost" not in err.read_text() and "resumed from" not in out.read_text()
+    latest = store.latest()
+    consumed = latest.metadata["batches_consumed"]
+    assert latest.step >= 3000 and sum(consumed) >= 3000
+    # Killed right after the first checkpoint, worker 0 could have taken only a few batches more
+    # (those of the steps in flight) had it not come back and trained.
+    assert consumed[0] > before.step + 100, (before.step, consumed)
     assert not _cluster_processes(), "processes left behind"
 
 
