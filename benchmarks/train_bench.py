@@ -14,9 +14,9 @@ every figure below is compared with a baseline measured in this process, on the 
      (rows/s of ``prepare``).
   3. Parameter-server training (examples/s): ``shardflow train`` with a local cluster of
      1 worker and 1 ps (real processes), against ``trainer.train`` in this process with no
-     strategy; same model, same steps. Both rates exclude start-up (the trainer measures from
-     the first scheduled step). Each is run ``--rounds`` times (default 3), in turns; the
-     best run counts.
+     strategy; same model, same steps, at the training's default batch size (``--batch``).
+     Both rates exclude start-up (the trainer measures from the first scheduled step). Each
+     is run ``--rounds`` times (default 3), in turns; the best run counts.
   4. Checkpoint upload (MB/s, MB = 10^6 bytes) to a local S3 test server (moto): a ~256 MiB
      TensorFlow checkpoint published with ``CheckpointStore.publish``, against a raw
      ``fs.put_file`` of the same files. Each is run twice, in turns; the better run counts.
@@ -29,7 +29,7 @@ The JSON holds each figure under its key (``input_tfrecord``, ``input_parquet``,
 ``<key>_over_baseline``, beside ``parquet_prepare_rows_per_s`` and ``checkpoint_mb``. The 1-minute
 load average is printed (and saved) too: on a shared machine the figures vary from run to run.
 
-Usage: python benchmarks/train_bench.py [--rows N] [--steps S] [--json PATH]
+Usage: python benchmarks/train_bench.py [--rows N] [--steps S] [--batch B] [--rounds R] [--json PATH]
 """
 
 from __future__ import annotations
@@ -61,11 +61,11 @@ from shardflow.pipelines.run import run_pipeline
 from shardflow.pipelines.synth import SynthConfig, synthesize
 from shardflow.storage import CheckpointStore, Dataset, open_dataset, resolve
 from shardflow.training.checkpointing import CheckpointWriter
-from shardflow.training.config import load_train_config
+from shardflow.training.config import TrainConfig, load_train_config
 from shardflow.training.inputs import InputSpec, ShardReader, make_dataset
 from shardflow.training.trainer import train
 
-BATCH = 512
+BATCH = 512  # input pipelines; training runs at the training's default (see --batch)
 SHUFFLE = 8192
 READS = 3  # full reads of each input pipeline, in turns; the best counts (this machine's speed varies)
 MODEL = {"hash_buckets": 1 << 18, "embedding_dim": 16, "hidden_units": [256, 128]}  # both training runs
@@ -164,17 +164,17 @@ def bench_inputs(dataset: Dataset, tmp: str, results: dict[str, float]) -> None:
 
 
 # -- 3: parameter-server training ------------------------------------------------------------
-def train_overrides(data: str, run_dir: str, steps: int, cluster: str) -> dict[str, Any]:
+def train_overrides(data: str, run_dir: str, steps: int, batch: int, cluster: str) -> dict[str, Any]:
     return {"data": data, "run_dir": run_dir, "steps": steps, "eval_split": None, "cluster": cluster,
-            "workers": 1, "ps": 1, "batch_size": BATCH, "checkpoint": {"every_steps": 10**9}, "log_every": 50,
+            "workers": 1, "ps": 1, "batch_size": batch, "checkpoint": {"every_steps": 10**9}, "log_every": 50,
             "model": MODEL}
 
 
-def train_ps(data: str, tmp: str, steps: int) -> float:
+def train_ps(data: str, tmp: str, steps: int, batch: int) -> float:
     """examples/s of ``shardflow train`` on a local 1-worker, 1-ps cluster (from its summary table)."""
     config = os.path.join(tmp, "ps.yaml")
     with open(config, "w") as f:
-        yaml.safe_dump(train_overrides(data, os.path.join(tmp, "run-ps"), steps, "local"), f)
+        yaml.safe_dump(train_overrides(data, os.path.join(tmp, "run-ps"), steps, batch, "local"), f)
     exe = os.path.join(os.path.dirname(sys.executable), "shardflow")
     proc = subprocess.run([exe, "train", config], capture_output=True, text=True, timeout=900,
                           env={**os.environ, "COLUMNS": "200"})
@@ -185,13 +185,14 @@ def train_ps(data: str, tmp: str, steps: int) -> float:
     return float(match.group(1).replace(",", ""))
 
 
-def bench_training(data: str, tmp: str, steps: int, rounds: int, results: dict[str, Any]) -> None:
+def bench_training(data: str, tmp: str, steps: int, batch: int, rounds: int, results: dict[str, Any]) -> None:
     single, ps = [], []
     for run in range(rounds):
         os.makedirs(os.path.join(tmp, f"ps-{run}"))  # in turns, fresh run directories (a used one would resume)
-        config = load_train_config(None, train_overrides(data, os.path.join(tmp, f"run-single-{run}"), steps, "none"))
+        config = load_train_config(None, train_overrides(data, os.path.join(tmp, f"run-single-{run}"), steps, batch,
+                                                         "none"))
         single.append(train(config).examples_per_s)
-        ps.append(train_ps(data, os.path.join(tmp, f"ps-{run}"), steps))
+        ps.append(train_ps(data, os.path.join(tmp, f"ps-{run}"), steps, batch))
     results["train_ps_baseline"], results["train_ps"] = max(single), max(ps)
     results["train_ps_runs"], results["train_ps_baseline_runs"] = ps, single
 
@@ -277,8 +278,9 @@ def bench_checkpoints(tmp: str, results: dict[str, float]) -> None:
 
 
 # -- report ----------------------------------------------------------------------------------
-def print_table(results: dict[str, float], rows: int, steps: int, path: str) -> None:
-    print(f"training benchmark, {rows:,} rows of synth data, {steps} training steps, {os.cpu_count()} cores "
+def print_table(results: dict[str, float], rows: int, steps: int, batch: int, path: str) -> None:
+    print(f"training benchmark, {rows:,} rows of synth data, {steps} training steps of {batch} rows, "
+          f"{os.cpu_count()} cores "
           f"(1-min load average {results['load_average_start']:.1f} at start, {os.getloadavg()[0]:.1f} at end)")
     print(f"  {'':32s}{'unit':>11s}{'measured':>12s}{'baseline':>12s}{'ratio':>8s}{'target':>9s}")
     for check in CHECKS:
@@ -296,23 +298,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--steps", type=int, default=600, help="training steps of each training run")
+    parser.add_argument("--batch", type=int, default=TrainConfig.model_fields["batch_size"].default,
+                        help="batch size of the training runs (default: the training's default)")
     parser.add_argument("--rounds", type=int, default=3, help="runs of each training, in turns (best counts)")
     parser.add_argument("--json", default="bench-results/train.json")
     args = parser.parse_args()
-    results: dict[str, Any] = {"rows": args.rows, "steps": args.steps, "load_average_start": os.getloadavg()[0]}
+    results: dict[str, Any] = {"rows": args.rows, "steps": args.steps, "batch": args.batch,
+                               "load_average_start": os.getloadavg()[0]}
     with quiet_native_stderr():  # the first device query logs a cuInit error on a machine without a GPU
         tf.config.list_physical_devices()
     with tempfile.TemporaryDirectory() as tmp:
         data = make_data(tmp, args.rows)
         bench_inputs(open_dataset(data), tmp, results)
-        bench_training(data, tmp, args.steps, args.rounds, results)
+        bench_training(data, tmp, args.steps, args.batch, args.rounds, results)
         bench_checkpoints(tmp, results)
     for check in CHECKS:
         results[f"{check.key}_over_baseline"] = results[check.key] / results[f"{check.key}_baseline"]
     os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
     with open(args.json, "w") as f:
         json.dump(results, f, indent=1)
-    print_table(results, args.rows, args.steps, args.json)
+    print_table(results, args.rows, args.steps, args.batch, args.json)
 
 
 if __name__ == "__main__":

@@ -41,11 +41,13 @@ class TrainConfig(StrictModel):
     format: Literal["auto", "tfrecord", "parquet"] = "auto"  # auto: TFRecord when the dataset has it
     train_split: str = "train"
     eval_split: str | None = "eval"
-    batch_size: int = Field(512, gt=0)
+    # A step under ParameterServerStrategy costs ps round trips whatever its size: 1024 rows
+    # amortise them; the learning rate is scaled with the batch (README, "Model").
+    batch_size: int = Field(1024, gt=0)
     steps: int | None = Field(None, gt=0, description="optimizer steps in total; default: from epochs")
     epochs: float = Field(1.0, gt=0)
     optimizer: Literal["adagrad", "adam", "sgd", "ftrl"] = "adagrad"
-    learning_rate: float = Field(0.2, gt=0)
+    learning_rate: float = Field(0.4, gt=0)
     shuffle_buffer: int = Field(8192, ge=0)
     seed: int = Field(0, ge=0)
     eval_every: int | None = Field(1000, gt=0, description="steps between evaluations")
