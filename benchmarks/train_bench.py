@@ -289,6 +289,8 @@ def print_table(results: dict[str, float], rows: int, steps: int, batch: int, pa
         measured, baseline = (f"{results[k]:>12,.{check.digits}f}" for k in (check.key, f"{check.key}_baseline"))
         print(f"  {check.name:32s}{check.unit:>11s}{measured}{baseline}{ratio:>8.3f}{target:>9s}  "
               f"{'met' if check.met(ratio) else 'NOT met'}")
+    rounds = [f"{p / s:.3f}" for p, s in zip(results["train_ps_runs"], results["train_ps_baseline_runs"])]
+    print(f"  PS training, each round's ratio (in turns): {', '.join(rounds)}")
     print(f"  Parquet read excludes the one-time decode into the columnar cache: "
           f"{results['parquet_prepare_rows_per_s']:,.0f} rows/s")
     print(f"  checkpoint size {results['checkpoint_mb']:,.0f} MB; written to {path}")
