@@ -378,55 +378,45 @@ def test_the_launcher_interrupts_once_and_leaves_an_ignored_ctrl_c_ignored() -> 
             signal.signal(sig, handler)
 
 
-def _ps_processes() -> list[int]:
-    return _tagged(b"train-server", b'"type": "ps"')
+def _task_processes(job: str, index: int) -> list[int]:
+    return _tagged(b"train-server", f'"type": "{job}", "index": {index}'.encode())
 
 
-def test_a_lost_ps_is_replaced_and_training_resumes_from_the_last_checkpoint(clicks, tmp_path) -> None:
+def _cluster_run_past_its_first_checkpoint(clicks, tmp_path, *, steps: int, every_steps: int):
+    """``shardflow train`` on a local cluster of 2 workers and 1 ps, once its first checkpoint is
+    committed; returns the process and the files holding its stdout and stderr (files, not
+    pipes: while a task is down TensorFlow logs enough to fill a pipe and stall the job)."""
     exe = os.path.join(os.path.dirname(sys.executable), "shardflow")
-    proc = subprocess.Popen([exe, "train", _config(tmp_path, checkpoint={"every_steps": 25}), "--data", clicks,
-                             "--cluster", "local", "--workers", "2", "--ps", "1", "--steps", "400"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
+    with out.open("w") as stdout, err.open("w") as stderr:
+        proc = subprocess.Popen([exe, "train", _config(tmp_path, checkpoint={"every_steps": every_steps}), "--data",
+                                 clicks, "--cluster", "local", "--workers", "2", "--ps", "1", "--steps", str(steps)],
+                                stdout=stdout, stderr=stderr, text=True)
     records = tmp_path / "run" / "checkpoints" / "_checkpoints"
     deadline = time.monotonic() + 240
     while not (records.exists() and any(records.iterdir())):
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-        time.sleep(0.5)
-    lost = _ps_processes()
+        assert proc.poll() is None and time.monotonic() < deadline, err.read_text()[-3000:]
+        time.sleep(0.2)
+    return proc, out, err
+
+
+def test_a_lost_ps_is_replaced_and_training_resumes_from_the_last_checkpoint(clicks, tmp_path) -> None:
+    proc, out, err = _cluster_run_past_its_first_checkpoint(clicks, tmp_path, steps=400, every_steps=25)
+    lost = _task_processes("ps", 0)
     assert len(lost) == 1
     os.kill(lost[0], signal.SIGKILL)
-    t0 = time.monotonic()
-    store = CheckpointStore(str(tmp_path / "run" / "checkpoints"))
-    while proc.poll() is None:
-        try:
-            l = store.latest()
-            print(round(time.monotonic() - t0, 1), l.step, l.metadata["batches_consumed"], flush=True)
-        except Exception as e:
-            print(e)
-        time.sleep(1)
-    stdout, stderr = proc.communicate(timeout=600)
-    assert proc.returncode == 0, stderr
-    assert "A parameter server was lost; restarting ps and coordinator" in stderr
-    assert "(resumed from " in stdout and "→ 400" in stdout
+    assert proc.wait(timeout=600) == 0, err.read_text()[-3000:]
+    assert "A parameter server was lost; restarting ps and coordinator" in err.read_text()
+    assert "(resumed from " in out.read_text() and "→ 400" in out.read_text()
     assert CheckpointStore(str(tmp_path / "run" / "checkpoints")).latest().step == 400
     assert not _cluster_processes(), "processes left behind"
 
 
 def test_a_lost_worker_is_restarted_and_trains_again_without_restarting_the_cluster(clicks, tmp_path) -> None:
-    exe = os.path.join(os.path.dirname(sys.executable), "shardflow")
-    out, err = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
-    with out.open("w") as stdout, err.open("w") as stderr:  # files, not pipes: a full pipe would stall the job
-        proc = subprocess.Popen([exe, "train", _config(tmp_path, checkpoint={"every_steps": 250}), "--data", clicks,
-                                 "--cluster", "local", "--workers", "2", "--ps", "1", "--steps", "3000"],
-                                stdout=stdout, stderr=stderr, text=True)
-    records = tmp_path / "run" / "checkpoints" / "_checkpoints"
-    deadline = time.monotonic() + 240
-    while not (records.exists() and any(records.iterdir())):
-        assert proc.poll() is None and time.monotonic() < deadline, err.read_text()
-        time.sleep(0.2)
+    proc, out, err = _cluster_run_past_its_first_checkpoint(clicks, tmp_path, steps=3000, every_steps=250)
     store = CheckpointStore(str(tmp_path / "run" / "checkpoints"))
     before = store.latest()
-    lost = _tagged(b"train-server", b'"type": "worker", "index": 0')
+    lost = _task_processes("worker", 0)
     assert len(lost) == 1
     os.kill(lost[0], signal.SIGKILL)
     assert proc.wait(timeout=600) == 0, err.read_text()[-3000:]
