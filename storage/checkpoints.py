@@ -21,7 +21,7 @@ import os
 import posixpath
 import re
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -129,31 +129,91 @@ class CheckpointStore:
     def url_of(self, checkpoint: Checkpoint) -> str:
         return join_url(self.url, checkpoint.directory)
 
-    def download(self, checkpoint: Checkpoint, local_dir: str) -> str:
-        """Copy a checkpoint's files into ``local_dir`` (verified), or return its own directory
-        when the store is local. Returns the local directory holding the files.
+    def uncommitted(self) -> dict[int, list[str]]:
+        """Checkpoint file directories that no record commits (uploads cut short, or in
+        progress), by step: never "latest", never restored from."""
+        committed = {c.directory for c in self.list()}
+        found: dict[int, list[str]] = {}
+        with translate_errors(self.url, self.storage_options):
+            self.fs.invalidate_cache(self.root)
+            try:
+                names = self.fs.ls(self.root, detail=False)
+            except FileNotFoundError:
+                return {}
+        for name in names:
+            base = posixpath.basename(name.rstrip("/"))
+            match = _FILES.match(base)
+            if match and base not in committed:
+                found.setdefault(int(match.group(1)), []).append(base)
+        return found
+
+    def download(self, checkpoint: Checkpoint, local_dir: str, *, verify: bool = False,
+                 on_bytes: Callable[[int], None] | None = None) -> str:
+        """The local directory holding a checkpoint's files: its own directory when the store is
+        local (checked in place if ``verify``), else ``local_dir`` with the files fetched there
+        (always checked).
 
         Raises:
             ChecksumMismatchError: a file's bytes differ from its record, naming the file.
         """
         if is_local(self.fs):
+            if verify:
+                self.verify(checkpoint, on_bytes=on_bytes)
             return self._path(checkpoint.directory)
+        return self.copy(checkpoint, local_dir, on_bytes=on_bytes)
+
+    def copy(self, checkpoint: Checkpoint, local_dir: str, *, files: Sequence[str] | None = None,
+             on_bytes: Callable[[int], None] | None = None) -> str:
+        """Fetch a checkpoint's files (or only ``files``, relative paths) into ``local_dir``,
+        each verified against its size and checksum. Returns ``local_dir``."""
+        entries = self._entries(checkpoint, files)
         os.makedirs(local_dir, exist_ok=True)
 
         def fetch(entry: dict[str, Any]) -> None:
-            url = join_url(self.url, checkpoint.directory, entry["path"])
             dest = os.path.join(local_dir, *entry["path"].split("/"))
             os.makedirs(os.path.dirname(dest), exist_ok=True)
-            with translate_errors(url, self.storage_options):
+            with translate_errors(join_url(self.url, checkpoint.directory, entry["path"]), self.storage_options):
                 self.fs.get_file(self._path(checkpoint.directory, entry["path"]), dest)
-            checksum, size = checksum_file(dest)
-            if (checksum, size) != (entry["checksum"], entry["bytes"]):
-                raise ChecksumMismatchError(f"{redact_url(url)}: {size} bytes with {checksum}; its record says "
-                                            f"{entry['bytes']} bytes with {entry['checksum']}.")
+            self._check(checkpoint, entry, dest)
+            if on_bytes:
+                on_bytes(int(entry["bytes"]))
 
         with ThreadPoolExecutor(4) as pool:
-            list(pool.map(fetch, checkpoint.files))
+            list(pool.map(fetch, entries))
         return local_dir
+
+    def verify(self, checkpoint: Checkpoint, *, on_bytes: Callable[[int], None] | None = None) -> None:
+        """Read every file of a checkpoint where it is and check its size and checksum."""
+        def check(entry: dict[str, Any]) -> None:
+            with translate_errors(join_url(self.url, checkpoint.directory, entry["path"]), self.storage_options):
+                with self.fs.open(self._path(checkpoint.directory, entry["path"]), "rb") as f:
+                    checksum, size = checksum_stream(f.read)
+            self._compare(checkpoint, entry, checksum, size)
+            if on_bytes:
+                on_bytes(int(entry["bytes"]))
+
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(check, checkpoint.files))
+
+    def _entries(self, checkpoint: Checkpoint, files: Sequence[str] | None) -> list[dict[str, Any]]:
+        if files is None:
+            return list(checkpoint.files)
+        by_path = {f["path"]: f for f in checkpoint.files}
+        missing = [p for p in files if p not in by_path]
+        if missing:
+            raise FileNotFoundError(f"{redact_url(join_url(self.url, checkpoint.directory))}: the checkpoint at step "
+                                    f"{checkpoint.step} has no file {missing[0]!r}.")
+        return [by_path[p] for p in files]
+
+    def _check(self, checkpoint: Checkpoint, entry: dict[str, Any], local_path: str) -> None:
+        checksum, size = checksum_file(local_path)
+        self._compare(checkpoint, entry, checksum, size)
+
+    def _compare(self, checkpoint: Checkpoint, entry: dict[str, Any], checksum: str, size: int) -> None:
+        if (checksum, size) != (entry["checksum"], entry["bytes"]):
+            url = redact_url(join_url(self.url, checkpoint.directory, entry["path"]))
+            raise ChecksumMismatchError(f"{url}: {size} bytes with {checksum}; its record says "
+                                        f"{entry['bytes']} bytes with {entry['checksum']}.")
 
     # -- writing -------------------------------------------------------------------------------
     def publish(self, local_dir: str, step: int, *, metadata: Mapping[str, Any] | None = None,

@@ -28,13 +28,11 @@ from shardflow.storage import Checkpoint, CheckpointStore
 from shardflow.storage.urls import redact_url
 
 from ._tf import tf
+from .state import PREFIX, read_into
 
-__all__ = ["CheckpointWriter", "CheckpointStats", "PREFIX"]
+__all__ = ["CheckpointWriter", "CheckpointStats", "restore"]
 
 log = logging.getLogger(__name__)
-
-PREFIX = "ckpt"  # the TensorFlow checkpoint prefix inside each checkpoint directory
-
 
 @dataclass
 class CheckpointStats:
@@ -152,9 +150,9 @@ def restore(checkpoint: tf.train.Checkpoint, store: CheckpointStore, record: Che
     rest of the run: variables created later (optimizer slots) restore from them then.
     """
     directory = store.download(record, os.path.join(local_dir, f"step-{record.step:012d}"))
-    try:  # every variable this job has must come from the checkpoint: a changed model is not resumed
-        checkpoint.read(os.path.join(directory, PREFIX)).assert_existing_objects_matched()
-    except (AssertionError, ValueError) as e:  # unmatched objects; a variable of another shape
-        raise ValueError(f"The checkpoint at step {record.step} in {redact_url(store.url)} does not match this model "
-                         f"and optimizer (changed since it was written?): {str(e).splitlines()[0][:300]}. Train into a "
-                         "new checkpoint directory, or restore the model settings it was written with.") from e
+    where = f"The checkpoint at step {record.step} in {redact_url(store.url)}"
+    try:
+        read_into(checkpoint, directory, what=where)
+    except ValueError as e:
+        raise ValueError(f"{e} Train into a new checkpoint directory, or restore the model settings it was "
+                         "written with.") from e

@@ -1,44 +1,53 @@
-"""Export a trained model as a SavedModel with ordinary (un-sharded) variables.
+"""Exports of a trained model: the float SavedModel ``shardflow train`` writes, and the
+compressed set ``shardflow checkpoints export`` writes, each scored in one report.
 
-The trained model's variables may be sharded across parameter servers; the export rebuilds
-the same model outside any strategy, copies the values in, and saves it with a serving
-signature over the raw feature columns, so ``tf.saved_model.load(path)`` works anywhere
-without shardflow. The directory is finished locally and published: renamed into place on
-local disk, committed through storage's :class:`CheckpointStore` on object storage.
+A SavedModel has ordinary (un-sharded) variables and a ``serving_default`` signature over the
+raw feature columns, so ``tf.saved_model.load(path)`` works anywhere without shardflow. An
+export is finished in a local staging directory and then published whole: renamed into place
+on local disk, committed through storage's :class:`CheckpointStore` on object storage.
+
+The report scores every artifact as a user would load it (``tf.saved_model.load``,
+``tf.lite.Interpreter``) on the same eval rows, against the float checkpoint restored here.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+import zlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from shardflow.storage import CheckpointStore
+import numpy as np
+
+from shardflow.storage import CheckpointStore, open_dataset
 from shardflow.storage.commit import temp_token
-from shardflow.storage.urls import is_local, resolve
+from shardflow.storage.urls import is_local, redact_url, resolve
 
 from ._tf import tf, tf_keras
-from .config import ModelConfig
-from .inputs import InputSpec
-from .model import build_model
+from .compress import compressed_model, fine_tune, prune_model
+from .encoding import encode_rows, encoding_spec
+from .evaluation import predict_logits, read_rows, split_data
+from .inputs import InputSpec, ShardReader, make_dataset
+from .model import is_builtin
+from .report import classification_metrics
+from .state import LoadedCheckpoint
+from .tflite import VARIANTS, TFLiteModel, convert
 
-__all__ = ["export_saved_model"]
+__all__ = ["FORMATS", "QUANTIZATIONS", "Artifact", "ExportReport", "export_checkpoint", "export_saved_model",
+           "write_saved_model"]
+
+FORMATS = ("saved_model", "tflite")
+QUANTIZATIONS = ("int8", "float16", "dynamic")  # dynamic: TFLite only
+_PREDICT_BATCH = 8192
+_CALIBRATION_ROWS = 4096
 
 
-def _plain_copy(trained: tf_keras.Model, spec: InputSpec, config: ModelConfig) -> tf_keras.Model:
-    """The same model with ordinary variables, through a checkpoint: TensorFlow saves a
-    sharded variable as one whole tensor and restores it into any partitioning."""
-    with tf.distribute.get_strategy().scope():  # the default strategy: ordinary variables
-        plain = build_model(spec, config)
-    with tempfile.TemporaryDirectory(prefix="shardflow-unshard-") as tmp:
-        prefix = tf.train.Checkpoint(model=trained).write(os.path.join(tmp, "model"))
-        tf.train.Checkpoint(model=plain).read(prefix).assert_existing_objects_matched()
-    return plain
-
-
-def _save_local(model: tf_keras.Model, spec: InputSpec, directory: str) -> None:
+def write_saved_model(model: tf_keras.Model, spec: InputSpec, directory: str) -> None:
+    """``model`` as a SavedModel at local ``directory``, serving raw feature columns."""
     signature = {n: tf.TensorSpec([None], spec.dtype(n), name=n) for n in spec.features}
 
     @tf.function(input_signature=[signature])
@@ -49,29 +58,240 @@ def _save_local(model: tf_keras.Model, spec: InputSpec, directory: str) -> None:
     tf.saved_model.save(model, directory, signatures={"serving_default": serve})
 
 
-def export_saved_model(trained: tf_keras.Model, spec: InputSpec, config: ModelConfig, url: str, *, step: int,
-                       storage_options: Mapping[str, Any] | None = None) -> str:
-    """Write the SavedModel for ``step`` under ``url``; returns where it can be loaded from.
+def _publish(staged: str, url: str, *, step: int, storage_options: Mapping[str, Any] | None,
+             metadata: Mapping[str, Any], local_target: str) -> str:
+    """Put the finished directory ``staged`` at ``local_target`` (local) or commit it under ``url``."""
+    fs, _ = resolve(url, storage_options)
+    if is_local(fs):
+        if os.path.isdir(local_target) and not os.listdir(local_target):
+            os.rmdir(local_target)
+        elif os.path.exists(local_target):
+            shutil.rmtree(local_target)
+        os.replace(staged, local_target)
+        return local_target
+    store = CheckpointStore(url, storage_options=storage_options)
+    return store.url_of(store.publish(staged, step, metadata=dict(metadata)))
 
-    Local: ``<url>/<step>`` (renamed into place whole). Object storage: a committed entry of
-    ``CheckpointStore(url)``; its record names the directory.
-    """
-    plain = _plain_copy(trained, spec, config)
+
+def _staging(url: str, storage_options: Mapping[str, Any] | None) -> tuple[str, str | None]:
+    """A fresh local staging directory; beside the target on local disk (so the rename stays on one filesystem)."""
     fs, root = resolve(url, storage_options)
     if is_local(fs):
-        final = os.path.join(root, f"{step:012d}")
-        os.makedirs(root, exist_ok=True)
-        tmp = os.path.join(root, f".tmp-{temp_token()}")
-        try:
-            _save_local(plain, spec, tmp)
-            if os.path.exists(final):
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        return final
-    with tempfile.TemporaryDirectory(prefix="shardflow-export-") as tmp:
-        _save_local(plain, spec, os.path.join(tmp, "model"))
-        store = CheckpointStore(url, storage_options=storage_options)
-        record = store.publish(os.path.join(tmp, "model"), step, metadata={"kind": "saved_model"})
-    return store.url_of(record)
+        parent = os.path.dirname(os.path.abspath(root.rstrip("/"))) or "."
+        os.makedirs(parent, exist_ok=True)
+        staged = os.path.join(parent, f".tmp-{temp_token()}")
+        os.makedirs(staged)
+        return staged, root
+    return tempfile.mkdtemp(prefix="shardflow-export-"), None
+
+
+def export_saved_model(plain: tf_keras.Model, spec: InputSpec, url: str, *, step: int,
+                       storage_options: Mapping[str, Any] | None = None) -> str:
+    """The float SavedModel of ``step`` under ``url`` (what ``shardflow train`` ends with);
+    returns where it can be loaded from: ``<url>/<step>`` locally, a committed entry of
+    ``CheckpointStore(url)`` on object storage."""
+    fs, root = resolve(url, storage_options)
+    target = os.path.join(root, f"{step:012d}") if is_local(fs) else ""
+    staged, _ = _staging(target or url, storage_options)
+    try:
+        write_saved_model(plain, spec, staged)
+        return _publish(staged, url, step=step, storage_options=storage_options, metadata={"kind": "saved_model"},
+                        local_target=target)
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
+
+
+@dataclass
+class Artifact:
+    """One exported model and how it scores against the float checkpoint on the same rows."""
+
+    name: str
+    format: str  # saved_model | tflite
+    path: str  # relative to the export directory
+    bytes: int = 0
+    gzip_bytes: int = 0
+    ratio: float = 0.0  # float SavedModel bytes / these bytes
+    gzip_ratio: float = 0.0  # the same, both gzip-compressed
+    auc: float = 0.0
+    log_loss: float = 0.0
+    auc_change: float = 0.0  # against the float checkpoint
+    max_abs_dprob: float = 0.0  # largest |probability - the float checkpoint's| on one row
+
+
+@dataclass
+class ExportReport:
+    checkpoint: str
+    step: int
+    dataset: str
+    split: str
+    rows: int
+    checkpoint_auc: float
+    checkpoint_log_loss: float
+    pruning: dict[str, Any] | None = None
+    artifacts: list[Artifact] = field(default_factory=list)
+    location: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=False) + "\n"
+
+
+def _sizes(path: str) -> tuple[int, int]:
+    """Bytes of a file or directory, and their gzip-compressed size (each file alone, level 6)."""
+    files = [path] if os.path.isfile(path) else [os.path.join(d, f) for d, _, names in os.walk(path) for f in names]
+    raw = packed = 0
+    for name in files:
+        compressor = zlib.compressobj(6, zlib.DEFLATED, 31)
+        with open(name, "rb") as f:
+            while block := f.read(1 << 20):
+                raw += len(block)
+                packed += len(compressor.compress(block))
+        packed += len(compressor.flush())
+    return raw, packed
+
+
+def _batched(logits_of: Callable[[dict[str, Any]], np.ndarray], columns: Mapping[str, np.ndarray]) -> np.ndarray:
+    rows = len(next(iter(columns.values())))
+    return np.concatenate([np.asarray(logits_of({k: v[i:i + _PREDICT_BATCH] for k, v in columns.items()}))
+                           for i in range(0, rows, _PREDICT_BATCH)]).astype(np.float64)
+
+
+def _saved_model_logits(path: str) -> Callable[[dict[str, Any]], np.ndarray]:
+    serve = tf.saved_model.load(path).signatures["serving_default"]
+    return lambda features: serve(**{k: tf.constant(v) for k, v in features.items()})["logit"].numpy()
+
+
+def _plan(formats: Sequence[str], quantize: Sequence[str], pruned: bool) -> list[tuple[str, str, str]]:
+    """(name, format, variant) of every artifact asked for, the float SavedModel first."""
+    prefix = "pruned/" if pruned else ""
+    plan = [("saved_model", "saved_model", "float32")]
+    if pruned and "saved_model" in formats:
+        plan.append((f"{prefix}saved_model", "saved_model", "float32"))
+    if "saved_model" in formats:
+        plan += [(f"{prefix}saved_model_{q}", "saved_model", q) for q in quantize if q in ("int8", "float16")]
+    if "tflite" in formats:
+        plan += [(f"{prefix}tflite/model_{v}.tflite", "tflite", v) for v in VARIANTS
+                 if v == "float32" or v in quantize]
+    return plan
+
+
+def check_export_request(loaded: LoadedCheckpoint, dest: str, *, formats: Sequence[str], quantize: Sequence[str],
+                         prune: float | None, storage_options: Mapping[str, Any] | None) -> None:
+    """Every argument checked before anything is written; errors name the argument."""
+    for name, given, allowed in (("--format", formats, FORMATS), ("--quantize", quantize, QUANTIZATIONS)):
+        bad = [v for v in given if v not in allowed]
+        if bad:
+            raise ValueError(f"Invalid value for `{name}`: {bad[0]!r}. Expected some of {', '.join(allowed)}.")
+    if not formats:
+        raise ValueError("Invalid value for `--format`: nothing to export.")
+    if prune is not None and not 0.0 < prune < 1.0:
+        raise ValueError(f"Invalid value for `--prune`: {prune}. Expected a sparsity between 0 and 1, exclusive.")
+    if (quantize or prune is not None or "tflite" in formats) and not is_builtin(loaded.config.model):
+        raise ValueError(f"TFLite, --quantize and --prune need the built-in model; this checkpoint's model is "
+                         f"{loaded.config.model.function!r}: export it with --format saved_model alone.")
+    fs, root = resolve(dest, storage_options)
+    if is_local(fs) and os.path.exists(root) and (not os.path.isdir(root) or os.listdir(root)):
+        raise FileExistsError(f"{dest}: already exists and is not an empty directory; export into a new one.")
+
+
+def export_checkpoint(loaded: LoadedCheckpoint, dest: str, *, formats: Sequence[str] = ("saved_model",),
+                      quantize: Sequence[str] = (), prune: float | None = None, fine_tune_steps: int = 0,
+                      data: str | None = None, split: str = "eval", eval_rows: int | None = 100_000,
+                      storage_options: Mapping[str, Any] | None = None, work_dir: str,
+                      progress: Callable[[str], None] | None = None) -> ExportReport:
+    """Export the restored checkpoint ``loaded`` to ``dest`` and score every artifact.
+
+    Args:
+        data: The dataset to score on (default: the one the checkpoint was trained on).
+        prune: Target sparsity; the artifacts (but the float SavedModel) are then made from a pruned copy.
+        fine_tune_steps: Train steps on the train split after pruning, pruned weights held at zero.
+        work_dir: Local scratch space (shard cache), removed by the caller.
+    """
+    check_export_request(loaded, dest, formats=formats, quantize=quantize, prune=prune, storage_options=storage_options)
+    say = progress or (lambda message: None)
+    dataset = open_dataset(data or loaded.record.metadata["dataset"]["url"], storage_options=storage_options)
+    reader = ShardReader(dataset, loaded.spec, cache_dir=os.path.join(work_dir, "cache"), cache_bytes=64 << 30)
+    say(f"reading {eval_rows or 'all'} rows of the {split} split")
+    columns, labels = read_rows(split_data(dataset, loaded.spec, reader, split=split, rows=eval_rows))
+    model = loaded.model
+    reference = _batched(predict_logits(model), columns)
+    base = classification_metrics(labels, reference)
+    report = ExportReport(checkpoint=redact_url(loaded.url), step=loaded.record.step,
+                          dataset=redact_url(dataset.url), split=split, rows=len(labels), checkpoint_auc=base["auc"],
+                          checkpoint_log_loss=base["loss"])
+    encoding = encoding_spec(loaded.spec, loaded.config.model) if is_builtin(loaded.config.model) else None
+    staged, local_target = _staging(dest, storage_options)
+    try:
+        plan = _plan(formats, quantize, pruned=prune is not None)
+        for name, fmt, variant in plan:
+            if name.startswith("pruned/") and report.pruning is None:
+                report.pruning = _prune(loaded, dataset, reader, prune, fine_tune_steps, say)  # type: ignore[arg-type]
+            say(f"exporting {name}")
+            path = os.path.join(staged, *name.split("/"))
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            if fmt == "saved_model":
+                chosen = model if variant == "float32" else compressed_model(model, loaded.spec, loaded.config, variant)
+                write_saved_model(chosen, loaded.spec, path)
+                logits = _batched(_saved_model_logits(path), columns)
+            else:
+                with open(path, "wb") as f:
+                    f.write(convert(model, variant, _calibration(dataset, loaded, reader, encoding)))
+                logits = TFLiteModel(path).logits(encode_rows(columns, encoding))
+            report.artifacts.append(_score(name, fmt, path, logits, labels, reference, base, report.artifacts))
+        if encoding is not None and "tflite" in formats:
+            with open(os.path.join(staged, "encoding.json"), "w") as f:
+                json.dump(encoding, f, indent=2)
+        with open(os.path.join(staged, "report.json"), "w") as f:
+            f.write(report.to_json())
+        report.location = _publish(staged, dest, step=loaded.record.step, storage_options=storage_options,
+                                   metadata={"kind": "export"}, local_target=local_target or "")
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
+    return report
+
+
+def _score(name: str, fmt: str, path: str, logits: np.ndarray, labels: np.ndarray, reference: np.ndarray,
+           base: Mapping[str, float], earlier: Sequence[Artifact]) -> Artifact:
+    size, packed = _sizes(path)
+    float_model = earlier[0] if earlier else None  # the float SavedModel is always first
+    metrics = classification_metrics(labels, logits)
+    dprob = np.abs(1.0 / (1.0 + np.exp(-logits)) - 1.0 / (1.0 + np.exp(-reference)))
+    return Artifact(name=name, format=fmt, path=name, bytes=size, gzip_bytes=packed,
+                    ratio=(float_model.bytes if float_model else size) / size,
+                    gzip_ratio=(float_model.gzip_bytes if float_model else packed) / packed,
+                    auc=metrics["auc"], log_loss=metrics["loss"], auc_change=metrics["auc"] - base["auc"],
+                    max_abs_dprob=float(dprob.max()))
+
+
+def _calibration(dataset: Any, loaded: LoadedCheckpoint, reader: ShardReader,
+                 encoding: Mapping[str, Any] | None) -> Callable[[], Any]:
+    """Representative encoded train rows for full-int8 calibration (read once, on first use)."""
+    cached: list[dict[str, np.ndarray]] = []
+
+    def batches() -> Any:
+        if not cached:
+            columns, _ = read_rows(split_data(dataset, loaded.spec, reader, split="train", rows=_CALIBRATION_ROWS))
+            encoded = encode_rows(columns, encoding)  # type: ignore[arg-type]
+            cached.extend({k: v[i:i + 64] for k, v in encoded.items()} for i in range(0, _CALIBRATION_ROWS, 64))
+        return iter(cached)
+
+    return batches
+
+
+def _prune(loaded: LoadedCheckpoint, dataset: Any, reader: ShardReader, sparsity: float, steps: int,
+           say: Callable[[str], None]) -> dict[str, Any]:
+    """Prune ``loaded.model`` in place (after the float artifacts are written), fine-tune if asked."""
+    say(f"pruning to {sparsity:.0%} sparsity")
+    pruned = prune_model(loaded.model, loaded.config, sparsity)
+    info: dict[str, Any] = {"target": sparsity, "sparsity": pruned["sparsity"], "fine_tune_steps": steps}
+    if steps:
+        if loaded.optimizer is None:
+            raise ValueError("Fine-tuning needs the checkpoint's optimizer state (load it with_optimizer=True).")
+        shards = [s for s in dataset.shards("train") if s.format.startswith("tfrecord")] or \
+            [s for s in dataset.shards("train") if s.format == "parquet"]
+        fmt = "tfrecord" if shards[0].format.startswith("tfrecord") else "parquet"
+        data = make_dataset(reader.prepare(shards), fmt, loaded.spec, batch_size=loaded.config.batch_size,
+                            shuffle_buffer=loaded.config.shuffle_buffer, seed=loaded.config.seed + 1,
+                            compressed=any(s.format.endswith(".gz") for s in shards))
+        say(f"fine-tuning {steps} steps")
+        info["fine_tune_loss"] = fine_tune(loaded.model, loaded.optimizer, pruned["masks"], data, steps)
+    return info

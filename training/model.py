@@ -3,10 +3,16 @@
 Built on ``tf_keras`` (Keras 2): Keras 3 cannot train with ParameterServerStrategy and a
 ``variable_partitioner`` (DESIGN.md fact 3). A model takes a dict of raw feature columns
 (strings, floats, ints: what the dataset holds) and returns one logit per row.
+
+The built-in model is two parts: an encoder (string columns hashed to ids, nulls of numeric
+columns filled and flagged) and a ``core`` model on those numbers. The core alone is what
+runs where string hashing cannot (TFLite, DESIGN.md fact 9); :mod:`.encoding` gives clients
+the same encoder.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from shardflow.configs import load_function
@@ -15,12 +21,24 @@ from ._tf import tf, tf_keras
 from .config import ModelConfig
 from .inputs import InputSpec
 
-__all__ = ["build_model", "HashIds", "SignedLog", "SumColumns", "UniqueEmbedding"]
+__all__ = ["CORE", "build_model", "ctr_core", "hash_ids", "is_builtin", "FillMissing", "HashIds", "SignedLog",
+           "SumColumns", "UniqueEmbedding"]
+
+CORE = "core"  # the name of the built-in model's core (ids and numbers in, logit out)
+EmbeddingFactory = Callable[..., tf_keras.layers.Layer]  # (input_dim, output_dim, name=...) -> layer
+
+
+def hash_ids(columns: Sequence[str], values: Sequence[tf.Tensor], buckets: int) -> tf.Tensor:
+    """``[rows, columns]`` int64 ids in one shared space: FarmHash Fingerprint64 of
+    ``"<column>=<value>"`` modulo ``buckets`` (``tf.strings.to_hash_bucket_fast``)."""
+    ids = [tf.strings.to_hash_bucket_fast(tf.strings.join([f"{c}=", x if x.dtype == tf.string else tf.strings.as_string(x)]),
+                                          buckets) for c, x in zip(columns, values)]
+    return tf.stack(ids, axis=1)
 
 
 @tf_keras.utils.register_keras_serializable("shardflow")
 class HashIds(tf_keras.layers.Layer):
-    """String columns to ids in one shared space: ``hash("<column>=<value>") mod buckets``."""
+    """String columns to ids (:func:`hash_ids`)."""
 
     def __init__(self, columns: list[str], buckets: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -28,35 +46,43 @@ class HashIds(tf_keras.layers.Layer):
         self.buckets = buckets
 
     def call(self, inputs: list[tf.Tensor]) -> tf.Tensor:
-        ids = [tf.strings.to_hash_bucket_fast(tf.strings.join([f"{c}=", tf.strings.as_string(x) if x.dtype != tf.string
-                                                               else x]), self.buckets)
-               for c, x in zip(self.columns, inputs)]
-        return tf.stack(ids, axis=1)
+        return hash_ids(self.columns, inputs, self.buckets)
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "columns": self.columns, "buckets": self.buckets}
 
 
 @tf_keras.utils.register_keras_serializable("shardflow")
-class SignedLog(tf_keras.layers.Layer):
-    """Heavy-tailed counts to a tame scale, ``sign(x) * log1p(|x|)``, beside a missing flag per
-    column (nulls read as NaN): ``[rows, 2 * columns]``."""
+class FillMissing(tf_keras.layers.Layer):
+    """Numeric columns (nulls read as NaN) to ``[values with nulls as 0, missing flags]``, each ``[rows, columns]``."""
 
-    def call(self, inputs: list[tf.Tensor]) -> tf.Tensor:
+    def call(self, inputs: list[tf.Tensor]) -> list[tf.Tensor]:
         x = tf.stack([tf.cast(v, tf.float32) for v in inputs], axis=1)
         present = tf.math.is_finite(x)
-        x = tf.where(present, x, tf.zeros_like(x))
-        return tf.concat([tf.sign(x) * tf.math.log1p(tf.abs(x)), 1.0 - tf.cast(present, tf.float32)], axis=1)
+        return [tf.where(present, x, tf.zeros_like(x)), 1.0 - tf.cast(present, tf.float32)]
+
+
+@tf_keras.utils.register_keras_serializable("shardflow")
+class SignedLog(tf_keras.layers.Layer):
+    """Heavy-tailed counts to a tame scale, ``sign(x) * log(1 + |x|)`` (ops TFLite has built in)."""
+
+    def call(self, inputs: tf.Tensor) -> tf.Tensor:
+        return tf.sign(inputs) * tf.math.log(1.0 + tf.abs(inputs))
 
 
 @tf_keras.utils.register_keras_serializable("shardflow")
 class UniqueEmbedding(tf_keras.layers.Embedding):
-    """An embedding that looks each distinct id of a batch up once: popular ids repeat across
-    rows and columns, so fewer rows travel from the parameter servers and fewer are updated."""
+    """An embedding that, in training, looks each distinct id of a batch up once: popular ids
+    repeat across rows and columns, so fewer rows travel from the parameter servers and fewer
+    are updated. Serving does a plain lookup."""
 
-    def call(self, inputs: tf.Tensor) -> tf.Tensor:
-        unique, position = tf.unique(tf.reshape(inputs, [-1]))
-        rows = tf.gather(tf.nn.embedding_lookup(self.embeddings, unique), position)
+    def call(self, inputs: tf.Tensor, training: bool | None = None) -> tf.Tensor:
+        flat = tf.reshape(inputs, [-1])  # a table sharded across ps tasks takes 1-D ids only
+        if training:
+            unique, position = tf.unique(flat)
+            rows = tf.gather(tf.nn.embedding_lookup(self.embeddings, unique), position)
+        else:
+            rows = tf.nn.embedding_lookup(self.embeddings, flat)
         return tf.reshape(rows, tf.concat([tf.shape(inputs), [self.output_dim]], axis=0))
 
 
@@ -68,19 +94,25 @@ class SumColumns(tf_keras.layers.Layer):
         return tf.reduce_sum(inputs, axis=1, keepdims=True)
 
 
-def _ctr_model(spec: InputSpec, config: ModelConfig) -> tf_keras.Model:
-    inputs = {n: tf_keras.Input(shape=(), dtype=spec.dtype(n), name=n) for n in spec.features}
-    categorical = [n for n in spec.features if spec.dtype(n) == tf.string]
-    numeric = [n for n in spec.features if n not in categorical]
+def ctr_core(categorical: int, numeric: int, config: ModelConfig, *,
+             embedding: EmbeddingFactory = UniqueEmbedding) -> tf_keras.Model:
+    """The built-in model after encoding: inputs ``ids`` ``[rows, categorical]`` int64 and
+    ``numeric``, ``missing`` ``[rows, numeric]`` float32 (those it has); one logit per row.
+
+    Args:
+        embedding: Builds each id table (compressed exports pass a quantized one).
+    """
+    inputs: dict[str, tf_keras.layers.Layer] = {}
     parts, wide = [], []
     if categorical:
-        ids = HashIds(categorical, config.hash_buckets, name="hash_ids")([inputs[n] for n in categorical])
-        embedded = UniqueEmbedding(config.hash_buckets, config.embedding_dim, name="embedding")(ids)
-        parts.append(tf_keras.layers.Flatten(name="flatten_embeddings")(embedded))
-        weights = UniqueEmbedding(config.hash_buckets, 1, name="wide_weights")(ids)
-        wide.append(tf_keras.layers.Flatten(name="flatten_wide")(weights))
+        inputs["ids"] = ids = tf_keras.Input(shape=(categorical,), dtype=tf.int64, name="ids")
+        parts.append(tf_keras.layers.Flatten(name="flatten_embeddings")(
+            embedding(config.hash_buckets, config.embedding_dim, name="embedding")(ids)))
+        wide.append(tf_keras.layers.Flatten(name="flatten_wide")(embedding(config.hash_buckets, 1, name="wide_weights")(ids)))
     if numeric:
-        scaled = SignedLog(name="signed_log")([inputs[n] for n in numeric])
+        inputs["numeric"] = values = tf_keras.Input(shape=(numeric,), dtype=tf.float32, name="numeric")
+        inputs["missing"] = missing = tf_keras.Input(shape=(numeric,), dtype=tf.float32, name="missing")
+        scaled = tf_keras.layers.Concatenate(name="scaled_numeric")([SignedLog(name="signed_log")(values), missing])
         normalized = tf_keras.layers.BatchNormalization(name="normalize_numeric")(scaled)
         parts.append(normalized)
         wide.append(tf_keras.layers.Dense(1, use_bias=False, name="wide_numeric")(normalized))
@@ -89,18 +121,38 @@ def _ctr_model(spec: InputSpec, config: ModelConfig) -> tf_keras.Model:
         x = tf_keras.layers.Dense(units, activation="relu", name=f"deep_{i}")(x)
     deep = tf_keras.layers.Dense(1, name="deep_logit")(x)
     logit = tf_keras.layers.Add(name="logit")([deep, *[SumColumns(name=f"wide_sum_{i}")(w) for i, w in enumerate(wide)]])
-    return tf_keras.Model(inputs=inputs, outputs=tf_keras.layers.Reshape((), name="one_logit_per_row")(logit), name="ctr")
+    return tf_keras.Model(inputs=inputs, outputs=tf_keras.layers.Reshape((), name="one_logit_per_row")(logit), name=CORE)
 
 
-def build_model(spec: InputSpec, config: ModelConfig) -> tf_keras.Model:
+def _ctr_model(spec: InputSpec, config: ModelConfig, embedding: EmbeddingFactory) -> tf_keras.Model:
+    inputs = {n: tf_keras.Input(shape=(), dtype=spec.dtype(n), name=n) for n in spec.features}
+    categorical = [n for n in spec.features if spec.dtype(n) == tf.string]
+    numeric = [n for n in spec.features if n not in categorical]
+    encoded = {}
+    if categorical:
+        encoded["ids"] = HashIds(categorical, config.hash_buckets, name="hash_ids")([inputs[n] for n in categorical])
+    if numeric:
+        encoded["numeric"], encoded["missing"] = FillMissing(name="fill_missing")([inputs[n] for n in numeric])
+    core = ctr_core(len(categorical), len(numeric), config, embedding=embedding)
+    return tf_keras.Model(inputs=inputs, outputs=core(encoded), name="ctr")
+
+
+def is_builtin(config: ModelConfig) -> bool:
+    return config.function is None
+
+
+def build_model(spec: InputSpec, config: ModelConfig, *, embedding: EmbeddingFactory = UniqueEmbedding) -> tf_keras.Model:
     """The model for ``spec``: the built-in click-through model, or ``config.function(spec, config)``.
 
     A user function receives the :class:`InputSpec` (``spec.features``, ``spec.dtype(name)``,
     ``spec.feature_spec`` from the manifest) and the model config, and returns a
     ``tf_keras.Model`` mapping a dict of feature columns to one logit per row.
+
+    Args:
+        embedding: The id tables of the built-in model (compressed exports pass their own).
     """
-    if config.function is None:
-        return _ctr_model(spec, config)
+    if is_builtin(config):
+        return _ctr_model(spec, config, embedding)
     model = load_function(config.function, setting="model.function")(spec, config)
     if not isinstance(model, tf_keras.Model):
         raise ValueError(f"`model.function` {config.function} returned {type(model).__name__}, "

@@ -31,10 +31,11 @@ from shardflow.storage.urls import redact_url, scrub
 from ._tf import tf, tf_keras
 from .checkpointing import CheckpointStats, CheckpointWriter, restore
 from .config import TrainConfig
+from .evaluation import evaluate_model, predict_logits, split_data
 from .export import export_saved_model
 from .inputs import InputSpec, ShardReader, choose_format, make_dataset, worker_shards
-from .model import build_model
-from .report import classification_metrics, plot_curves
+from .report import plot_curves
+from .state import build_state, checkpoint_layout, plain_copy
 from .strategy import ClusterSpec, make_strategy
 
 __all__ = ["LOST_CLUSTER", "TrainSummary", "timed_steps", "train", "synth_optimum"]
@@ -86,11 +87,6 @@ def synth_optimum(dataset: Any) -> float | None:
     return None
 
 
-def _optimizer(config: TrainConfig) -> tf_keras.optimizers.Optimizer:
-    return {"adagrad": tf_keras.optimizers.Adagrad, "adam": tf_keras.optimizers.Adam, "sgd": tf_keras.optimizers.SGD,
-            "ftrl": tf_keras.optimizers.Ftrl}[config.optimizer](learning_rate=config.learning_rate)
-
-
 def save_run_config(config: TrainConfig) -> str:
     """The resolved config, secrets scrubbed, as ``<run_dir>/config.yaml``."""
     os.makedirs(config.run_dir, exist_ok=True)
@@ -128,11 +124,8 @@ def train(config: TrainConfig, *, cluster: ClusterSpec | None = None, progress: 
     batches_per_step = 1 if ps_mode else strategy.num_replicas_in_sync
     total_steps = config.steps or max(1, math.ceil(config.epochs * train_rows / (config.batch_size * batches_per_step)))
     with strategy.scope():
-        model = build_model(spec, config.model)
-        optimizer = _optimizer(config)
-        optimizer.build(model.trainable_variables)
-        positions = tf.Variable(tf.zeros([workers], tf.int64), trainable=False, name="batches_consumed")
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, batches_consumed=positions)
+        state = build_state(spec, config, workers=workers)
+    model, optimizer, positions, checkpoint = state.model, state.optimizer, state.positions, state.checkpoint
     store = CheckpointStore(config.resolved_checkpoint_dir(), storage_options=config.storage_options)
     local_checkpoints = os.path.join(config.run_dir, "checkpoints-local")
     restored = store.latest()
@@ -201,14 +194,10 @@ def train(config: TrainConfig, *, cluster: ClusterSpec | None = None, progress: 
         return step_functions[k]
 
     eval_data = _eval_data(config, dataset, spec, reader)
-    predict = tf.function(lambda features: model(features, training=False))
+    logits_of = predict_logits(model)
 
     def evaluate(step: int) -> dict[str, float]:
-        labels, logits = [], []
-        for features, label in eval_data:
-            logits.append(predict(features).numpy())
-            labels.append(label.numpy())
-        metrics = {"step": float(step), **classification_metrics(np.concatenate(labels), np.concatenate(logits))}
+        metrics = {"step": float(step), **evaluate_model(logits_of, eval_data)}
         summary.evaluations.append(metrics)
         with writer_tb.as_default(step=step):
             for name in ("loss", "auc", "accuracy"):
@@ -221,9 +210,17 @@ def train(config: TrainConfig, *, cluster: ClusterSpec | None = None, progress: 
                                 keep_every_hours=config.checkpoint.keep_every_hours)
     report("start", start_step=start_step, total_steps=total_steps, strategy=strategy_name, workers=workers,
            resumed_from=summary.resumed_from, format=fmt)
-    def state() -> dict[str, Any]:
-        """Noted in each checkpoint's record: where every worker's input stood, how variables were sharded."""
-        return {"workers": workers, "batches_consumed": positions.numpy().tolist(), "sharded": summary.sharded}
+    recorded = _recorded_settings(config, dataset, spec, workers=workers, ps=cluster.ps if ps_mode and cluster else 0,
+                                  layout=checkpoint_layout(checkpoint), sharded=summary.sharded)
+
+    def state(at: int) -> dict[str, Any]:
+        """Noted in each checkpoint's record: where every worker's input stood, what training
+        knew then (last loss, an evaluation at that step), what it was built from."""
+        consumed = positions.numpy().tolist()
+        evaluation = next((e for e in summary.evaluations if e["step"] == at), None)
+        return {**recorded, "batches_consumed": consumed, "examples": sum(consumed) * config.batch_size,
+                "train_loss": summary.history[-1]["loss"] if summary.history else None,
+                "eval": {k: v for k, v in evaluation.items() if k != "step"} if evaluation else None}
 
     step = start_step
     pending: list[tuple[int, Any]] = []
@@ -267,28 +264,28 @@ def train(config: TrainConfig, *, cluster: ClusterSpec | None = None, progress: 
                 warm = warm or (now, step)
             due_time = config.checkpoint.every_seconds and \
                 time.perf_counter() - last_checkpoint >= config.checkpoint.every_seconds and step < total_steps
-            if crossed(config.checkpoint.every_steps, before) or due_time:
-                join()  # a consistent state: no step half applied
-                blocked = uploader.save(step, state())
-                paused += blocked
-                last_checkpoint = time.perf_counter()
-                report("checkpoint", step=step, blocked=blocked)
-            if crossed(config.eval_every, before) and eval_data is not None:
+            if crossed(config.eval_every, before) and eval_data is not None:  # first: its metrics go in the record
                 join()
                 evaluating = time.perf_counter()
                 evaluate(step)
                 paused += time.perf_counter() - evaluating
+            if crossed(config.checkpoint.every_steps, before) or due_time:
+                join()  # a consistent state: no step half applied
+                blocked = uploader.save(step, state(step))
+                paused += blocked
+                last_checkpoint = time.perf_counter()
+                report("checkpoint", step=step, blocked=blocked)
         join()
         since, first = warm if warm is not None and warm[1] < step else (loop_started, start_step)
         summary.seconds = training_clock() - since
         summary.steps = int(optimizer.iterations.numpy())
         summary.examples = (step - first) * global_batch
         summary.input_stall = waits / totals if totals else 0.0
-        if step > start_step or restored is None:
-            blocked = uploader.save(summary.steps, state())
-            report("checkpoint", step=summary.steps, blocked=blocked)
         if eval_data is not None:
             evaluate(summary.steps)
+        if step > start_step or restored is None:
+            blocked = uploader.save(summary.steps, state(summary.steps))
+            report("checkpoint", step=summary.steps, blocked=blocked)
         uploader.wait()
     except BaseException:
         try:
@@ -301,8 +298,8 @@ def train(config: TrainConfig, *, cluster: ClusterSpec | None = None, progress: 
     finally:
         writer_tb.flush()
     summary.checkpoints = uploader.stats
-    summary.export_path = export_saved_model(model, spec, config.model, config.resolved_export_dir(), step=summary.steps,
-                                             storage_options=config.storage_options)
+    summary.export_path = export_saved_model(plain_copy(model, spec, config), spec, config.resolved_export_dir(),
+                                             step=summary.steps, storage_options=config.storage_options)
     if summary.history:
         summary.curves_path = plot_curves(summary.history, summary.evaluations,
                                           os.path.join(config.run_dir, "curves.png"),
@@ -347,18 +344,25 @@ def timed_steps(k: int, step: Callable[..., tf.Tensor]) -> Any:
 def _sharded_variables(model: tf_keras.Model) -> dict[str, int]:
     """Variables split across parameter servers (by the ``variable_partitioner``), with their shard counts."""
     sharded = tf.__internal__.distribute.ShardedVariable  # the only public name for the type
-    return {f"{layer.name}/{attribute}": len(value.variables)
-            for layer in model.layers for attribute, value in vars(layer).items() if isinstance(value, sharded)}
+    return {f"{layer.name}/{attribute}": len(value.variables) for layer in model.submodules
+            if isinstance(layer, tf_keras.layers.Layer) for attribute, value in vars(layer).items()
+            if isinstance(value, sharded)}
+
+
+def _recorded_settings(config: TrainConfig, dataset: Any, spec: InputSpec, *, workers: int, ps: int,
+                       layout: dict[str, dict[str, Any]], sharded: dict[str, int]) -> dict[str, Any]:
+    """What every checkpoint record of this run names: enough to rebuild the model without a
+    cluster (settings, columns), where its data came from, how it was sharded. No secrets."""
+    settings = config.model_dump(mode="json", exclude={"storage_options"})
+    data = os.path.abspath(config.data) if "://" not in config.data else redact_url(config.data)
+    settings["data"] = data
+    return {"workers": workers, "ps": ps, "sharded": sharded, "variables": layout,
+            "dataset": {"url": data, "version": dataset.manifest.version},
+            "train_config": settings, "input_spec": {"feature_spec": dict(spec.feature_spec), "label": spec.label}}
 
 
 def _eval_data(config: TrainConfig, dataset: Any, spec: InputSpec, reader: ShardReader) -> tf.data.Dataset | None:
     """The eval split, read here (by the coordinator), capped at ``eval_rows``."""
     if not config.eval_split or config.eval_split not in dataset.manifest.splits():
         return None
-    fmt = choose_format(dataset, config.eval_split, config.format)
-    shards = [s for s in dataset.shards(config.eval_split) if s.format.startswith(fmt)]
-    paths = reader.prepare(shards)
-    batch = min(4096, config.eval_rows or 4096)
-    ds = make_dataset(paths, fmt, spec, batch_size=batch, repeat=False,
-                      compressed=any(s.format.endswith(".gz") for s in shards))
-    return ds.take(math.ceil(config.eval_rows / batch)) if config.eval_rows else ds
+    return split_data(dataset, spec, reader, split=config.eval_split, fmt=config.format, rows=config.eval_rows)

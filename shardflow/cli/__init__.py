@@ -1,0 +1,59 @@
+"""The ``shardflow`` command: wires storage, pipelines and training together, nothing more.
+One module per command group."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Annotated
+
+import typer
+
+from shardflow.storage import ShardflowError
+from shardflow.storage.urls import redact_text
+
+from .checkpoints import checkpoints_app
+from .common import CommandFailed, err
+from .data import data_app
+from .pipeline import pipeline_app
+from .train import train_command, train_server_command
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(help="shardflow: shard, augment and stream big training data.", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False)
+app.add_typer(data_app, name="data")
+app.add_typer(pipeline_app, name="pipeline")
+app.command("train")(train_command)
+app.command("train-server")(train_server_command)
+app.add_typer(checkpoints_app, name="checkpoints")
+
+
+@app.callback()
+def _root(log_level: Annotated[str, typer.Option(help="Logging level for machine-readable logs on stderr.")] = "WARNING") -> None:
+    logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: expected failures print one clear line, no traceback.
+
+    Usage errors are handled by typer itself (exit 2), so is Ctrl-C (exit 130); failures found by
+    a command exit 1; storage and input errors exit 2.
+    """
+    try:
+        app(args=argv)
+    except CommandFailed as e:
+        err.print(f"error: {e}", style="red", highlight=False, markup=False)
+        sys.exit(1)
+    except (ShardflowError, OSError, ValueError) as e:
+        err.print(f"error: {e}", style="red", highlight=False, markup=False)
+        sys.exit(2)
+    except Exception as e:  # a bug or an untranslated library error: one line unless debugging
+        if logging.getLogger().isEnabledFor(logging.DEBUG):
+            raise
+        err.print(f"error: unexpected {type(e).__name__}: {redact_text(str(e))} "
+                  "(run with --log-level DEBUG for the traceback)", style="red", highlight=False, markup=False)
+        sys.exit(2)
+
+

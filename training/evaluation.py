@@ -1,0 +1,63 @@
+"""Scoring a model on a split of a committed dataset, in this process: the trainer's periodic
+evaluation, ``shardflow checkpoints evaluate`` and the export report all read rows here."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from shardflow.storage import Dataset
+
+from ._tf import tf, tf_keras
+from .inputs import InputSpec, ShardReader, choose_format, make_dataset
+from .report import classification_metrics
+
+__all__ = ["split_data", "predict_logits", "evaluate_model", "read_rows"]
+
+_BATCH = 4096
+
+
+def split_data(dataset: Dataset, spec: InputSpec, reader: ShardReader, *, split: str, fmt: str = "auto",
+               rows: int | None = None) -> tf.data.Dataset:
+    """``(features, label)`` batches of ``split``, in file order, the first ``rows`` only if given.
+
+    Raises:
+        ValueError: the dataset has no such split (naming the ones it has).
+    """
+    fmt = choose_format(dataset, split, fmt)
+    shards = [s for s in dataset.shards(split) if s.format.startswith(fmt)]
+    batch = min(_BATCH, rows or _BATCH)
+    ds = make_dataset(reader.prepare(shards), fmt, spec, batch_size=batch, repeat=False,
+                      compressed=any(s.format.endswith(".gz") for s in shards))
+    return ds.take(math.ceil(rows / batch)).unbatch().take(rows).batch(batch) if rows else ds
+
+
+def predict_logits(model: tf_keras.Model) -> Callable[[dict[str, Any]], np.ndarray]:
+    """One traced inference function for ``model`` (not rebuilt per batch)."""
+    predict = tf.function(lambda features: model(features, training=False))
+    return lambda features: predict(features).numpy()
+
+
+def evaluate_model(logits_of: Callable[[dict[str, Any]], np.ndarray], data: tf.data.Dataset) -> dict[str, float]:
+    """Log loss, AUC, accuracy and rows of ``logits_of`` over every batch of ``data``."""
+    labels, logits = [], []
+    for features, label in data:
+        logits.append(np.asarray(logits_of(features)))
+        labels.append(label.numpy())
+    if not labels:
+        raise ValueError("No rows to evaluate on.")
+    return classification_metrics(np.concatenate(labels), np.concatenate(logits))
+
+
+def read_rows(data: tf.data.Dataset) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """All of ``data`` as NumPy columns (strings as bytes, nulls as NaN or "") and labels."""
+    columns: dict[str, list[np.ndarray]] = {}
+    labels = []
+    for features, label in data:
+        for name, value in features.items():
+            columns.setdefault(name, []).append(value.numpy())
+        labels.append(label.numpy())
+    return {n: np.concatenate(v) for n, v in columns.items()}, np.concatenate(labels)
