@@ -24,6 +24,9 @@ demo: $(VENV)/.installed
 	$(BIN)/shardflow data gc $(DEMO_DIR)/clicks
 	$(BIN)/shardflow train --data $(DEMO_DIR)/train --run-dir $(DEMO_DIR)/run --cluster local --workers 2 --ps 2 \
 	    --epochs 3 --checkpoint-every 500 --eval-every 500
+	$(BIN)/shardflow checkpoints list $(DEMO_DIR)/run/checkpoints
+	$(BIN)/shardflow checkpoints export $(DEMO_DIR)/run/checkpoints $(DEMO_DIR)/export-int8 \
+	    --format saved_model,tflite --quantize int8
 
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest
@@ -33,6 +36,8 @@ bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/synth_bench.py
 	$(BIN)/python benchmarks/pipeline_bench.py
 	$(BIN)/python benchmarks/train_bench.py
+	@test -d $(DEMO_DIR)/run/checkpoints || $(MAKE) demo
+	$(BIN)/python benchmarks/export_bench.py --checkpoints $(DEMO_DIR)/run/checkpoints
 
 install: $(VENV)/.installed
 	@:

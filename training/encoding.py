@@ -3,7 +3,8 @@
 A TFLite model cannot hash strings in the pinned interpreters (DESIGN.md fact 9), so the
 exported TFLite model is the core alone and a client encodes rows first, with
 :func:`encode_rows` and the ``encoding.json`` written beside the model (or by reimplementing
-the spec: FarmHash Fingerprint64 of ``"<column>=<value>"`` modulo ``buckets``, nulls as "").
+the spec: FarmHash Fingerprint64 of ``"<column>=<value>"`` modulo ``buckets``, nulls as "";
+numbers as ``sign(x) * log(1 + |x|)``, nulls as 0 with a missing flag).
 The model's own :class:`~.model.HashIds` layer runs the same :func:`~.model.hash_ids`.
 """
 
@@ -37,7 +38,8 @@ def encoding_spec(spec: InputSpec, config: ModelConfig) -> dict[str, Any]:
                  "null": "", "tensorflow": "tf.strings.to_hash_bucket_fast"},
         "inputs": {
             **({"ids": {"dtype": "int64", "shape": [None, len(categorical)], "columns": categorical}} if categorical else {}),
-            **({"numeric": {"dtype": "float32", "shape": [None, len(numeric)], "columns": numeric, "null": 0.0},
+            **({"numeric": {"dtype": "float32", "shape": [None, len(numeric)], "columns": numeric,
+                            "values": "sign(x) * log(1 + |x|); 0.0 where x is null or not finite"},
                 "missing": {"dtype": "float32", "shape": [None, len(numeric)], "columns": numeric,
                             "values": "1.0 where the value is null or not finite, else 0.0"}} if numeric else {}),
         },
@@ -81,6 +83,7 @@ def encode_rows(rows: Mapping[str, Sequence[Any] | np.ndarray], encoding: Mappin
         x = np.stack([np.array([np.nan if v is None else v for v in rows[c]], dtype=np.float32)
                       for c in encoding["numeric"]], axis=1)
         present = np.isfinite(x)
-        out["numeric"] = np.where(present, x, 0.0).astype(np.float32)
+        x = np.where(present, x, 0.0)
+        out["numeric"] = (np.sign(x) * np.log1p(np.abs(x))).astype(np.float32)
         out["missing"] = (~present).astype(np.float32)
     return out

@@ -4,8 +4,8 @@ Built on ``tf_keras`` (Keras 2): Keras 3 cannot train with ParameterServerStrate
 ``variable_partitioner`` (DESIGN.md fact 3). A model takes a dict of raw feature columns
 (strings, floats, ints: what the dataset holds) and returns one logit per row.
 
-The built-in model is two parts: an encoder (string columns hashed to ids, nulls of numeric
-columns filled and flagged) and a ``core`` model on those numbers. The core alone is what
+The built-in model is two parts: an encoder (string columns hashed to ids; numeric columns
+to ``sign(x) * log(1 + |x|)``, nulls filled and flagged) and a ``core`` model on those numbers. The core alone is what
 runs where string hashing cannot (TFLite, DESIGN.md fact 9); :mod:`.encoding` gives clients
 the same encoder.
 """
@@ -64,7 +64,7 @@ class FillMissing(tf_keras.layers.Layer):
 
 @tf_keras.utils.register_keras_serializable("shardflow")
 class SignedLog(tf_keras.layers.Layer):
-    """Heavy-tailed counts to a tame scale, ``sign(x) * log(1 + |x|)`` (ops TFLite has built in)."""
+    """Heavy-tailed counts to a tame scale, ``sign(x) * log(1 + |x|)``."""
 
     def call(self, inputs: tf.Tensor) -> tf.Tensor:
         return tf.sign(inputs) * tf.math.log(1.0 + tf.abs(inputs))
@@ -97,7 +97,8 @@ class SumColumns(tf_keras.layers.Layer):
 def ctr_core(categorical: int, numeric: int, config: ModelConfig, *,
              embedding: EmbeddingFactory = UniqueEmbedding) -> tf_keras.Model:
     """The built-in model after encoding: inputs ``ids`` ``[rows, categorical]`` int64 and
-    ``numeric``, ``missing`` ``[rows, numeric]`` float32 (those it has); one logit per row.
+    ``numeric`` (signed logs), ``missing`` ``[rows, numeric]`` float32 (those it has); one logit
+    per row. Its inputs are in a tame range, so a full-int8 TFLite model quantizes them well.
 
     Args:
         embedding: Builds each id table (compressed exports pass a quantized one).
@@ -112,7 +113,7 @@ def ctr_core(categorical: int, numeric: int, config: ModelConfig, *,
     if numeric:
         inputs["numeric"] = values = tf_keras.Input(shape=(numeric,), dtype=tf.float32, name="numeric")
         inputs["missing"] = missing = tf_keras.Input(shape=(numeric,), dtype=tf.float32, name="missing")
-        scaled = tf_keras.layers.Concatenate(name="scaled_numeric")([SignedLog(name="signed_log")(values), missing])
+        scaled = tf_keras.layers.Concatenate(name="scaled_numeric")([values, missing])
         normalized = tf_keras.layers.BatchNormalization(name="normalize_numeric")(scaled)
         parts.append(normalized)
         wide.append(tf_keras.layers.Dense(1, use_bias=False, name="wide_numeric")(normalized))
@@ -132,7 +133,8 @@ def _ctr_model(spec: InputSpec, config: ModelConfig, embedding: EmbeddingFactory
     if categorical:
         encoded["ids"] = HashIds(categorical, config.hash_buckets, name="hash_ids")([inputs[n] for n in categorical])
     if numeric:
-        encoded["numeric"], encoded["missing"] = FillMissing(name="fill_missing")([inputs[n] for n in numeric])
+        values, encoded["missing"] = FillMissing(name="fill_missing")([inputs[n] for n in numeric])
+        encoded["numeric"] = SignedLog(name="signed_log")(values)
     core = ctr_core(len(categorical), len(numeric), config, embedding=embedding)
     return tf_keras.Model(inputs=inputs, outputs=core(encoded), name="ctr")
 
