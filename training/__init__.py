@@ -19,3 +19,16 @@ def quiet_native_stderr() -> _Iterator[None]:
     finally:
         _os.dup2(saved, 2)
         _os.close(saved)
+
+
+_LAZY = {"encode_rows": "encoding", "load_encoding": "encoding"}  # imported on first use: they load TensorFlow
+
+
+def __getattr__(name: str) -> object:
+    """``shardflow.training.encode_rows`` and friends, without importing TensorFlow for the
+    modules that need none (a local cluster's supervisor)."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
