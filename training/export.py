@@ -129,10 +129,13 @@ class ExportReport:
     checkpoint_log_loss: float
     pruning: dict[str, Any] | None = None
     artifacts: list[Artifact] = field(default_factory=list)
-    location: str = ""
+    location: str = ""  # where the export was published (not in its own report.json: unknown then)
 
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=False) + "\n"
+    def to_json(self, *, with_location: bool = True) -> str:
+        data = asdict(self)
+        if not with_location:
+            del data["location"]
+        return json.dumps(data, indent=2, sort_keys=False) + "\n"
 
 
 def _sizes(path: str) -> tuple[int, int]:
@@ -241,7 +244,7 @@ def export_checkpoint(loaded: LoadedCheckpoint, dest: str, *, formats: Sequence[
             with open(os.path.join(staged, "encoding.json"), "w") as f:
                 json.dump(encoding, f, indent=2)
         with open(os.path.join(staged, "report.json"), "w") as f:
-            f.write(report.to_json())
+            f.write(report.to_json(with_location=False))
         report.location = _publish(staged, dest, step=loaded.record.step, storage_options=storage_options,
                                    metadata={"kind": "export"}, local_target=local_target or "")
     finally:

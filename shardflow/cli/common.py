@@ -13,7 +13,7 @@ __all__ = ["CommandFailed", "StorageOption", "err", "human_bytes", "out", "parse
            "splits_table"]
 
 out = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # one line per message, whatever the width
 
 StorageOption = Annotated[
     Optional[list[str]],
