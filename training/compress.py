@@ -1,4 +1,5 @@
-"""Smaller models: id tables stored as int8 or float16 and dequantized at lookup, and
+"""Smaller models: id tables stored as int8 or float16 and dequantized at lookup (in int8,
+dense kernels too, with one scale per output unit), and
 magnitude pruning of dense kernels and id-table rows, with an optional fine-tune.
 
 Pruning is done here, not with tensorflow-model-optimization: its 0.8.1 release declares
@@ -20,7 +21,7 @@ from .config import TrainConfig
 from .inputs import InputSpec
 from .model import CORE, build_model, is_builtin
 
-__all__ = ["QuantizedEmbedding", "quantize_table", "compressed_model", "prune_model", "fine_tune"]
+__all__ = ["QuantizedDense", "QuantizedEmbedding", "quantize_table", "compressed_model", "prune_model", "fine_tune"]
 
 TableMode = Literal["int8", "float16"]
 _VALUES_PER_SCALE = 16  # an int8 scale covers one row of a wide table, several rows of a narrow one
@@ -82,6 +83,41 @@ class QuantizedEmbedding(tf_keras.layers.Layer):
         return {**super().get_config(), "input_dim": self.input_dim, "output_dim": self.output_dim, "mode": self.mode}
 
 
+@tf_keras.utils.register_keras_serializable("shardflow")
+class QuantizedDense(tf_keras.layers.Layer):
+    """A dense layer whose kernel is int8 with one float32 scale per output unit (bias float)."""
+
+    def __init__(self, units: int, *, activation: str | None = None, use_bias: bool = True, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.units, self.use_bias = units, use_bias
+        self.activation = tf_keras.activations.get(activation)
+
+    def build(self, input_shape: Any) -> None:
+        self.values = self.add_weight(name="values", shape=(int(input_shape[-1]), self.units), dtype=tf.int8,
+                                      initializer="zeros", trainable=False)
+        self.scales = self.add_weight(name="scales", shape=(self.units,), initializer="ones", trainable=False)
+        self.bias = self.add_weight(name="bias", shape=(self.units,), initializer="zeros", trainable=False) \
+            if self.use_bias else None
+        super().build(input_shape)
+
+    def call(self, inputs: tf.Tensor) -> tf.Tensor:
+        y = tf.matmul(inputs, tf.cast(self.values, tf.float32)) * self.scales
+        return self.activation(y + self.bias if self.bias is not None else y)
+
+    def load(self, source: tf_keras.layers.Dense) -> None:
+        kernel = source.kernel.numpy()
+        scales = np.abs(kernel).max(axis=0) / 127.0
+        scales[scales == 0] = 1.0
+        self.values.assign(np.clip(np.rint(kernel / scales), -127, 127).astype(np.int8))
+        self.scales.assign(scales.astype(np.float32))
+        if self.bias is not None:
+            self.bias.assign(source.bias.numpy())
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "units": self.units, "use_bias": self.use_bias,
+                "activation": tf_keras.activations.serialize(self.activation)}
+
+
 def _require_builtin(config: TrainConfig, what: str) -> None:
     if not is_builtin(config.model):
         raise ValueError(f"{what} needs the built-in model; this checkpoint's model is {config.model.function!r} "
@@ -93,16 +129,20 @@ def _tables(core: tf_keras.Model) -> dict[str, tf_keras.layers.Embedding]:
 
 
 def compressed_model(plain: tf_keras.Model, spec: InputSpec, config: TrainConfig, mode: TableMode) -> tf_keras.Model:
-    """``plain`` (the built-in model) with its id tables stored as ``mode``; other layers copied."""
+    """``plain`` (the built-in model) with its id tables stored as ``mode`` (and, in int8, its
+    dense kernels); other layers copied."""
     _require_builtin(config, f"--quantize {mode}")
+    dense = QuantizedDense if mode == "int8" else tf_keras.layers.Dense
     with tf.distribute.get_strategy().scope():
-        model = build_model(spec, config.model, embedding=lambda rows, dim, name: QuantizedEmbedding(
+        model = build_model(spec, config.model, dense=dense, embedding=lambda rows, dim, name: QuantizedEmbedding(
             rows, dim, mode=mode, name=name))
     source, target = plain.get_layer(CORE), model.get_layer(CORE)
     tables = _tables(source)
     for layer in target.layers:
         if layer.name in tables:
             layer.load(tables[layer.name].embeddings.numpy())
+        elif isinstance(layer, QuantizedDense):
+            layer.load(source.get_layer(layer.name))
         else:
             layer.set_weights(source.get_layer(layer.name).get_weights())
     return model

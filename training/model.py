@@ -26,6 +26,7 @@ __all__ = ["CORE", "build_model", "ctr_core", "hash_ids", "is_builtin", "FillMis
 
 CORE = "core"  # the name of the built-in model's core (ids and numbers in, logit out)
 EmbeddingFactory = Callable[..., tf_keras.layers.Layer]  # (input_dim, output_dim, name=...) -> layer
+DenseFactory = Callable[..., tf_keras.layers.Layer]  # (units, activation=..., use_bias=..., name=...) -> layer
 
 
 def hash_ids(columns: Sequence[str], values: Sequence[tf.Tensor], buckets: int) -> tf.Tensor:
@@ -94,14 +95,14 @@ class SumColumns(tf_keras.layers.Layer):
         return tf.reduce_sum(inputs, axis=1, keepdims=True)
 
 
-def ctr_core(categorical: int, numeric: int, config: ModelConfig, *,
-             embedding: EmbeddingFactory = UniqueEmbedding) -> tf_keras.Model:
+def ctr_core(categorical: int, numeric: int, config: ModelConfig, *, embedding: EmbeddingFactory = UniqueEmbedding,
+             dense: DenseFactory = tf_keras.layers.Dense) -> tf_keras.Model:
     """The built-in model after encoding: inputs ``ids`` ``[rows, categorical]`` int64 and
     ``numeric`` (signed logs), ``missing`` ``[rows, numeric]`` float32 (those it has); one logit
     per row. Its inputs are in a tame range, so a full-int8 TFLite model quantizes them well.
 
     Args:
-        embedding: Builds each id table (compressed exports pass a quantized one).
+        embedding, dense: Build each id table and dense layer (compressed exports pass quantized ones).
     """
     inputs: dict[str, tf_keras.layers.Layer] = {}
     parts, wide = [], []
@@ -116,16 +117,16 @@ def ctr_core(categorical: int, numeric: int, config: ModelConfig, *,
         scaled = tf_keras.layers.Concatenate(name="scaled_numeric")([values, missing])
         normalized = tf_keras.layers.BatchNormalization(name="normalize_numeric")(scaled)
         parts.append(normalized)
-        wide.append(tf_keras.layers.Dense(1, use_bias=False, name="wide_numeric")(normalized))
+        wide.append(dense(1, use_bias=False, name="wide_numeric")(normalized))
     x = parts[0] if len(parts) == 1 else tf_keras.layers.Concatenate(name="deep_input")(parts)
     for i, units in enumerate(config.hidden_units):
-        x = tf_keras.layers.Dense(units, activation="relu", name=f"deep_{i}")(x)
-    deep = tf_keras.layers.Dense(1, name="deep_logit")(x)
+        x = dense(units, activation="relu", name=f"deep_{i}")(x)
+    deep = dense(1, name="deep_logit")(x)
     logit = tf_keras.layers.Add(name="logit")([deep, *[SumColumns(name=f"wide_sum_{i}")(w) for i, w in enumerate(wide)]])
     return tf_keras.Model(inputs=inputs, outputs=tf_keras.layers.Reshape((), name="one_logit_per_row")(logit), name=CORE)
 
 
-def _ctr_model(spec: InputSpec, config: ModelConfig, embedding: EmbeddingFactory) -> tf_keras.Model:
+def _ctr_model(spec: InputSpec, config: ModelConfig, embedding: EmbeddingFactory, dense: DenseFactory) -> tf_keras.Model:
     inputs = {n: tf_keras.Input(shape=(), dtype=spec.dtype(n), name=n) for n in spec.features}
     categorical = [n for n in spec.features if spec.dtype(n) == tf.string]
     numeric = [n for n in spec.features if n not in categorical]
@@ -135,7 +136,7 @@ def _ctr_model(spec: InputSpec, config: ModelConfig, embedding: EmbeddingFactory
     if numeric:
         values, encoded["missing"] = FillMissing(name="fill_missing")([inputs[n] for n in numeric])
         encoded["numeric"] = SignedLog(name="signed_log")(values)
-    core = ctr_core(len(categorical), len(numeric), config, embedding=embedding)
+    core = ctr_core(len(categorical), len(numeric), config, embedding=embedding, dense=dense)
     return tf_keras.Model(inputs=inputs, outputs=core(encoded), name="ctr")
 
 
@@ -143,7 +144,8 @@ def is_builtin(config: ModelConfig) -> bool:
     return config.function is None
 
 
-def build_model(spec: InputSpec, config: ModelConfig, *, embedding: EmbeddingFactory = UniqueEmbedding) -> tf_keras.Model:
+def build_model(spec: InputSpec, config: ModelConfig, *, embedding: EmbeddingFactory = UniqueEmbedding,
+                dense: DenseFactory = tf_keras.layers.Dense) -> tf_keras.Model:
     """The model for ``spec``: the built-in click-through model, or ``config.function(spec, config)``.
 
     A user function receives the :class:`InputSpec` (``spec.features``, ``spec.dtype(name)``,
@@ -151,10 +153,10 @@ def build_model(spec: InputSpec, config: ModelConfig, *, embedding: EmbeddingFac
     ``tf_keras.Model`` mapping a dict of feature columns to one logit per row.
 
     Args:
-        embedding: The id tables of the built-in model (compressed exports pass their own).
+        embedding, dense: The id tables and dense layers of the built-in model (compressed exports pass their own).
     """
     if is_builtin(config):
-        return _ctr_model(spec, config, embedding)
+        return _ctr_model(spec, config, embedding, dense)
     model = load_function(config.function, setting="model.function")(spec, config)
     if not isinstance(model, tf_keras.Model):
         raise ValueError(f"`model.function` {config.function} returned {type(model).__name__}, "

@@ -128,12 +128,7 @@ def train(config: TrainConfig, *, cluster: ClusterSpec | None = None, progress: 
     model, optimizer, positions, checkpoint = state.model, state.optimizer, state.positions, state.checkpoint
     store = CheckpointStore(config.resolved_checkpoint_dir(), storage_options=config.storage_options)
     local_checkpoints = os.path.join(config.run_dir, "checkpoints-local")
-    restored = store.latest()
-    if restored is not None:
-        if restored.metadata.get("workers", workers) != workers:  # input positions are per worker
-            raise ValueError(f"The checkpoint at step {restored.step} in {redact_url(store.url)} was written by "
-                             f"{restored.metadata.get('workers')} workers; resume with the same number (got {workers}).")
-        restore(checkpoint, store, restored, local_dir=os.path.join(local_checkpoints, "restored"))
+    restored = _resume(checkpoint, store, workers=workers, local_dir=os.path.join(local_checkpoints, "restored"))
     start_step = int(optimizer.iterations.numpy())
     summary = TrainSummary(strategy=strategy_name, start_step=start_step, steps=start_step, sharded=_sharded_variables(model),
                            resumed_from=restored.step if restored else None, optimum_auc=synth_optimum(dataset))
@@ -152,21 +147,7 @@ def train(config: TrainConfig, *, cluster: ClusterSpec | None = None, progress: 
                           stripe=(worker, workers) if striped else None)
         return ds.map(lambda features, label: (features, label, tf.constant(worker, tf.int32)))
 
-    if ps_mode:
-        coordinator = tf.distribute.experimental.coordinator.ClusterCoordinator(strategy)
-        # One dataset per worker, each read only by its own worker: tf.distribute gives a dataset
-        # function no worker index, so pick worker w's iterator out of the w-th per-worker dataset.
-        iterators = [iter(coordinator.create_per_worker_dataset(lambda w=w: worker_dataset(w))) for w in range(workers)]
-        iterator: Any = tf.distribute.experimental.coordinator.PerWorkerValues(
-            tuple(iterators[w]._values[w] for w in range(workers)))
-        dispatch: Callable[..., Any] = lambda fn, *args: coordinator.schedule(fn, args=args)  # noqa: E731
-        join: Callable[[], None] = coordinator.join
-        fetch: Callable[[Any], Any] = lambda value: value.fetch()  # noqa: E731
-    else:
-        iterator = iter(strategy.distribute_datasets_from_function(lambda _: worker_dataset(0)))
-        dispatch = lambda fn, *args: fn(*args)  # noqa: E731
-        join = lambda: None  # noqa: E731
-        fetch = lambda value: tf.nest.map_structure(lambda t: t.numpy(), value)  # noqa: E731
+    iterator, dispatch, join, fetch = _dispatcher(strategy, ps_mode, workers, worker_dataset)
     global_batch = config.batch_size * strategy.num_replicas_in_sync
 
     def replica_step(features: dict[str, tf.Tensor], labels: tf.Tensor) -> tf.Tensor:
@@ -305,6 +286,36 @@ def train(config: TrainConfig, *, cluster: ClusterSpec | None = None, progress: 
                                           os.path.join(config.run_dir, "curves.png"),
                                           f"{redact_url(config.data)}: {strategy_name}, {workers} worker(s)")
     return summary
+
+
+def _resume(checkpoint: tf.train.Checkpoint, store: CheckpointStore, *, workers: int, local_dir: str) -> Any:
+    """Restore the latest committed checkpoint of ``store``, if any; returns its record."""
+    restored = store.latest()
+    if restored is not None:
+        if restored.metadata.get("workers", workers) != workers:  # input positions are per worker
+            raise ValueError(f"The checkpoint at step {restored.step} in {redact_url(store.url)} was written by "
+                             f"{restored.metadata.get('workers')} workers; resume with the same number (got {workers}).")
+        restore(checkpoint, store, restored, local_dir=local_dir)
+    return restored
+
+
+def _dispatcher(strategy: Any, ps_mode: bool, workers: int,
+                worker_dataset: Callable[[int], tf.data.Dataset]) -> tuple[Any, Callable[..., Any], Callable[[], None],
+                                                                          Callable[[Any], Any]]:
+    """``(iterator, dispatch(fn, *args), join(), fetch(value))``: steps scheduled onto the
+    workers by a ClusterCoordinator under ParameterServerStrategy, run here otherwise."""
+    if not ps_mode:
+        iterator = iter(strategy.distribute_datasets_from_function(lambda _: worker_dataset(0)))
+        return (iterator, lambda fn, *args: fn(*args), lambda: None,
+                lambda value: tf.nest.map_structure(lambda t: t.numpy(), value))
+    coordinator = tf.distribute.experimental.coordinator.ClusterCoordinator(strategy)
+    # One dataset per worker, each read only by its own worker: tf.distribute gives a dataset
+    # function no worker index, so pick worker w's iterator out of the w-th per-worker dataset.
+    iterators = [iter(coordinator.create_per_worker_dataset(lambda w=w: worker_dataset(w))) for w in range(workers)]
+    per_worker = tf.distribute.experimental.coordinator.PerWorkerValues(
+        tuple(iterators[w]._values[w] for w in range(workers)))
+    return (per_worker, lambda fn, *args: coordinator.schedule(fn, args=args), coordinator.join,
+            lambda value: value.fetch())
 
 
 def timed_steps(k: int, step: Callable[..., tf.Tensor]) -> Any:
