@@ -579,3 +579,34 @@ def test_export_refuses_a_sparsity_outside_0_to_1(sparsity, trained, tmp_path) -
     proc = run_cli("checkpoints", "export", trained.store, dest, "--prune", sparsity, check=False)
     _error_line(proc, "--prune", f"{float(sparsity)}", "between 0 and 1")
     _nothing_at(dest)
+
+
+def test_records_written_before_the_trainer_noted_its_state_still_list(trained, tmp_path) -> None:
+    store = _copy(trained, tmp_path)
+    for path in (tmp_path / "store" / "_checkpoints").iterdir():  # as records were before these fields
+        record = json.loads(path.read_text())
+        record["metadata"] = {k: record["metadata"][k] for k in ("workers", "batches_consumed", "sharded")}
+        path.write_text(json.dumps(record))
+    rows = _json(run_cli("checkpoints", "list", store, "--json"))
+    assert [(r["step"], r["committed"], r["latest"]) for r in rows] == [(20, True, False), (40, True, True)]
+    assert all(r["train_loss"] is None and r["eval"] is None and r["workers"] == 2 for r in rows)
+    assert "40" in run_cli("checkpoints", "list", store).stdout
+    _error_line(run_cli("checkpoints", "evaluate", store, "--data", trained.data, check=False),
+                "does not name its model settings")
+
+
+def test_export_to_object_storage_is_committed_whole(trained, s3_store, s3_server, tmp_path) -> None:
+    import tensorflow as tf
+
+    dest = f"s3://{s3_server.bucket}/exports-{uuid.uuid4().hex[:8]}"
+    report = _json(run_cli("checkpoints", "export", s3_store, dest, "--json", *s3_server.cli_options))
+    exports = CheckpointStore(dest, storage_options=s3_server.storage_options)
+    committed = exports.latest()
+    assert committed.step == 40 and report["location"].endswith(committed.directory)
+    assert {"report.json", "saved_model/saved_model.pb"} <= {f["path"] for f in committed.files}
+    local = exports.copy(committed, str(tmp_path / "export"))
+    serve = tf.saved_model.load(os.path.join(local, "saved_model")).signatures["serving_default"]
+    assert serve is not None
+    assert TEST_SECRET not in json.dumps(report)
+    _error_line(run_cli("checkpoints", "export", s3_store, dest, *s3_server.cli_options, check=False),
+                "step 40 is already exported there")

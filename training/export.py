@@ -194,6 +194,8 @@ def check_export_request(loaded: LoadedCheckpoint, dest: str, *, formats: Sequen
     fs, root = resolve(dest, storage_options)
     if is_local(fs) and os.path.exists(root) and (not os.path.isdir(root) or os.listdir(root)):
         raise FileExistsError(f"{dest}: already exists and is not an empty directory; export into a new one.")
+    if not is_local(fs) and loaded.record.step in CheckpointStore(dest, storage_options=storage_options).steps():
+        raise FileExistsError(f"{redact_url(dest)}: step {loaded.record.step} is already exported there.")
 
 
 def export_checkpoint(loaded: LoadedCheckpoint, dest: str, *, formats: Sequence[str] = ("saved_model",),
