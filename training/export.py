@@ -27,6 +27,7 @@ from shardflow.storage import CheckpointStore, open_dataset
 from shardflow.storage.commit import temp_token
 from shardflow.storage.urls import is_local, redact_url, resolve
 
+from . import quiet_native_stderr
 from ._tf import tf, tf_keras
 from .compress import compressed_model, fine_tune, prune_model
 from .encoding import encode_rows, encoding_spec
@@ -234,13 +235,17 @@ def export_checkpoint(loaded: LoadedCheckpoint, dest: str, *, formats: Sequence[
             path = os.path.join(staged, *name.split("/"))
             os.makedirs(os.path.dirname(path), exist_ok=True)
             if fmt == "saved_model":
-                chosen = model if variant == "float32" else compressed_model(model, loaded.spec, loaded.config, variant)
-                write_saved_model(chosen, loaded.spec, path)
-                logits = _batched(_saved_model_logits(path), columns)
+                with quiet_native_stderr():
+                    chosen = model if variant == "float32" else compressed_model(model, loaded.spec, loaded.config,
+                                                                                 variant)
+                with quiet_native_stderr():  # oneDNN's note on float16 without AVX-512
+                    write_saved_model(chosen, loaded.spec, path)
+                    logits = _batched(_saved_model_logits(path), columns)
             else:
                 with open(path, "wb") as f:
                     f.write(convert(model, variant, _calibration(dataset, loaded, reader, encoding)))
-                logits = TFLiteModel(path).logits(encode_rows(columns, encoding))
+                with quiet_native_stderr():  # the XNNPACK delegate's note
+                    logits = TFLiteModel(path).logits(encode_rows(columns, encoding))
             report.artifacts.append(_score(name, fmt, path, logits, labels, reference, base, report.artifacts))
         if encoding is not None and "tflite" in formats:
             with open(os.path.join(staged, "encoding.json"), "w") as f:

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+from rich import box
 from rich.table import Table
 
 from shardflow.storage import CheckpointStore, parse_storage_options, redact_url
@@ -80,21 +81,18 @@ def list_command(url: Url, as_json: Json = False, storage_option: StorageOption 
     if as_json:
         _print_json(rows)
         return
-    table = Table(title=f"checkpoints in {redact_url(store.url)}")
-    for col in ("step", "created", "size", "state", "train loss", "eval AUC", "eval loss", "examples", "dataset",
-                "workers/ps"):
-        table.add_column(col, justify="right" if col in ("step", "size", "train loss", "eval AUC", "eval loss",
-                                                         "examples") else "left")
-    for r in rows:
-        state = ("committed" if r["committed"] else "[yellow]uncommitted[/]") + (", latest" if r["latest"] else "") + \
-            (", promoted" if r["promoted"] else "")
-        evaluation = r["eval"] or {}
-        dataset = f"{r['dataset']['url']} v{r['dataset']['version']}" if r["dataset"] else "-"
-        cluster = f"{r['workers']}/{r['ps']}" if r["workers"] is not None else "-"
-        table.add_row(f"{r['step']:,}", (r["created"] or "-")[:19], human_bytes(r["bytes"]), state,
-                      _fmt(r["train_loss"], ".4f"), _fmt(evaluation.get("auc"), ".4f"), _fmt(evaluation.get("loss"), ".4f"),
-                      _fmt(r["examples"], ","), dataset, cluster)
+    table = Table(title=f"checkpoints in {redact_url(store.url)}", box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in ("step", "created (UTC)", "size", "state", "loss", "eval AUC", "examples"):
+        table.add_column(col, justify="left" if col in ("created (UTC)", "state") else "right", no_wrap=True)
+    for r in rows:  # latest and promoted are committed
+        state = "[yellow]uncommitted[/]" if not r["committed"] else "latest" if r["latest"] else "committed"
+        state += " promoted" if r["promoted"] else ""
+        table.add_row(f"{r['step']:,}", (r["created"] or "-")[:16].replace("T", " "), human_bytes(r["bytes"]), state,
+                      _fmt(r["train_loss"], ".4f"), _fmt((r["eval"] or {}).get("auc"), ".4f"), _fmt(r["examples"], ","))
     out.print(table)
+    sources = {(r["dataset"]["url"], r["dataset"]["version"], r["workers"], r["ps"]) for r in rows if r["dataset"]}
+    for url, version, workers, ps in sorted(sources, key=str):
+        out.print(f"trained on {url} version {version} by {workers} worker(s) and {ps} ps")
 
 
 _GROUPS = (("model/", "model weights"), ("optimizer/_variables/", "optimizer slots"),
@@ -137,17 +135,19 @@ def show_command(url: Url, step: Step = None, as_json: Json = False, storage_opt
         _print_json({"step": record.step, "url": redact_url(store.url_of(record)), "variables": rows,
                      "bytes": sum(r["bytes"] for r in rows)})
         return
-    table = Table(title=f"step {record.step:,} in {redact_url(store.url)}")
-    for col in ("group", "variable", "shape", "dtype", "bytes", "shards"):
-        table.add_column(col, justify="right" if col in ("bytes", "shards") else "left")
+    table = Table(title=f"step {record.step:,} in {redact_url(store.url)}", box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in ("variable", "shape", "dtype", "bytes", "shards"):
+        table.add_column(col, justify="right" if col in ("bytes", "shards") else "left", no_wrap=col != "variable",
+                         overflow="fold")
     for _, group in (*_GROUPS, ("", "other")):
         members = [r for r in rows if r["group"] == group]
+        if not members:
+            continue
+        table.add_row(f"[bold]{group}[/]", "", "", f"[bold]{human_bytes(sum(r['bytes'] for r in members))}[/]", "")
         for r in members:
-            table.add_row(group, r["variable"], "×".join(map(str, r["shape"])) or "scalar", r["dtype"],
+            table.add_row(f"  {r['variable']}", "×".join(map(str, r["shape"])) or "scalar", r["dtype"],
                           human_bytes(r["bytes"]), str(r["shards"]))
-        if members:
-            table.add_row(f"[bold]{group}[/]", f"[bold]{len(members)} variable(s)[/]", "", "",
-                          f"[bold]{human_bytes(sum(r['bytes'] for r in members))}[/]", "", end_section=True)
+        table.add_section()
     out.print(table)
     out.print(f"total {human_bytes(sum(r['bytes'] for r in rows))} in {len(rows)} variables; "
               f"{human_bytes(record.bytes)} of files")
@@ -233,15 +233,17 @@ def _list(text: str | None) -> list[str]:
 
 
 def report_table(report: Any) -> Table:
-    table = Table(title=f"export of step {report.step:,}: {report.rows:,} {report.split} rows of {report.dataset}; "
-                        f"float checkpoint AUC {report.checkpoint_auc:.4f}, log loss {report.checkpoint_log_loss:.4f}")
-    for col in ("artifact", "format", "bytes", "× smaller", "gzip", "× smaller (gzip)", "AUC", "log loss", "ΔAUC",
-                "max |Δp|"):
-        table.add_column(col, justify="left" if col in ("artifact", "format") else "right")
+    """The export report in 80 columns (report.json has every figure). ×: the float SavedModel's
+    bytes over the artifact's; |Δp|: the largest change of a row's probability."""
+    table = Table(title=f"export of step {report.step:,}: {report.rows:,} {report.split} rows, float checkpoint "
+                        f"AUC {report.checkpoint_auc:.4f}", box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in ("artifact", "size", "×", "gzip×", "AUC", "ΔAUC", "|Δp|"):
+        table.add_column(col, justify="left" if col == "artifact" else "right", no_wrap=True)
     for a in report.artifacts:
-        table.add_row(a.name, a.format, human_bytes(a.bytes), f"{a.ratio:.2f}", human_bytes(a.gzip_bytes),
-                      f"{a.gzip_ratio:.2f}", f"{a.auc:.4f}", f"{a.log_loss:.4f}", f"{a.auc_change:+.4f}",
-                      f"{a.max_abs_dprob:.4f}")
+        name = a.name.removesuffix(".tflite").replace("tflite/model_", "TFLite ").replace("saved_model", "SavedModel")
+        name = name.replace("/", " ").replace("_", " ")
+        table.add_row(name, human_bytes(a.bytes), f"{a.ratio:.2f}", f"{a.gzip_ratio:.2f}", f"{a.auc:.4f}",
+                      f"{a.auc_change:+.4f}", f"{a.max_abs_dprob:.4f}")
     return table
 
 
