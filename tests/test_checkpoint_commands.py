@@ -610,3 +610,17 @@ def test_export_to_object_storage_is_committed_whole(trained, s3_store, s3_serve
     assert TEST_SECRET not in json.dumps(report)
     _error_line(run_cli("checkpoints", "export", s3_store, dest, *s3_server.cli_options, check=False),
                 "step 40 is already exported there")
+
+
+def test_a_dataset_without_the_models_columns_is_refused(trained, tmp_path) -> None:
+    import pyarrow as pa
+
+    (tmp_path / "raw").mkdir()
+    pq.write_table(pa.table({"label": [0, 1] * 50, "I1": [1.0] * 100}), tmp_path / "raw" / "part.parquet")
+    run_pipeline(load_config(None, {"input": str(tmp_path / "raw"), "output": str(tmp_path / "other"), "label": "label",
+                                    "formats": ["parquet"], "split": {"train": 0.5, "eval": 0.5}}))
+    for command in (["evaluate", trained.store, "--data", str(tmp_path / "other")],
+                    ["export", trained.store, str(tmp_path / "dest"), "--data", str(tmp_path / "other")]):
+        _error_line(run_cli("checkpoints", *command, check=False), "the model reads column 'C1' as string",
+                    "has no such column")
+    _nothing_at(str(tmp_path / "dest"))

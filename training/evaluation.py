@@ -25,8 +25,15 @@ def split_data(dataset: Dataset, spec: InputSpec, reader: ShardReader, *, split:
     """``(features, label)`` batches of ``split``, in file order, the first ``rows`` only if given.
 
     Raises:
-        ValueError: the dataset has no such split (naming the ones it has).
+        ValueError: the dataset has no such split (naming the ones it has), or lacks a column
+            ``spec`` needs, or holds it with another type.
     """
+    have = dataset.manifest.feature_spec
+    for name, entry in spec.feature_spec.items():
+        if name not in have or have[name].get("dtype") != entry.get("dtype"):
+            found = f"holds it as {have[name].get('dtype')}" if name in have else "has no such column"
+            raise ValueError(f"{dataset.url}: the model reads column {name!r} as {entry.get('dtype')}, but the "
+                             f"dataset {found}.")
     fmt = choose_format(dataset, split, fmt)
     shards = [s for s in dataset.shards(split) if s.format.startswith(fmt)]
     batch = min(_BATCH, rows or _BATCH)
