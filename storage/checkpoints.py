@@ -126,6 +126,25 @@ class CheckpointStore:
         steps = self.steps()
         return self.get(steps[-1]) if steps else None
 
+    def find(self, step: int | None = None) -> Checkpoint:
+        """The committed checkpoint at ``step`` (default: the latest).
+
+        Raises:
+            FileNotFoundError: nothing committed here, or not at ``step`` (naming what there is).
+        """
+        steps = self.steps()
+        if not steps:
+            uncommitted = self.uncommitted()
+            extra = f" ({len(uncommitted)} uncommitted upload(s): steps {sorted(uncommitted)})" if uncommitted else ""
+            raise FileNotFoundError(f"{redact_url(self.url)}: no committed checkpoints{extra}.")
+        if step is None:
+            return self.get(steps[-1])
+        if step not in steps:
+            state = "uncommitted (its upload never finished)" if step in self.uncommitted() else "not there"
+            raise FileNotFoundError(f"{redact_url(self.url)}: the checkpoint at step {step} is {state}; committed "
+                                    f"steps: {', '.join(map(str, steps))}.")
+        return self.get(step)
+
     def url_of(self, checkpoint: Checkpoint) -> str:
         return join_url(self.url, checkpoint.directory)
 

@@ -624,3 +624,71 @@ def test_a_dataset_without_the_models_columns_is_refused(trained, tmp_path) -> N
         _error_line(run_cli("checkpoints", *command, check=False), "the model reads column 'C1' as string",
                     "has no such column")
     _nothing_at(str(tmp_path / "dest"))
+
+
+def test_fine_tuning_after_pruning_trains_with_the_pruned_weights_held_at_zero(trained, tmp_path) -> None:
+    import tensorflow as tf
+
+    dest = tmp_path / "tuned"
+    report = _json(run_cli("checkpoints", "export", trained.store, str(dest), "--prune", "0.5", "--quantize", "int8",
+                           "--fine-tune-steps", "15", "--json", timeout=600))
+    assert report["pruning"]["fine_tune_steps"] == 15 and np.isfinite(report["pruning"]["fine_tune_loss"])
+    model = tf.saved_model.load(str(dest / "pruned" / "saved_model"))
+    table = next(v for v in model.variables if "embedding/embeddings" in v.name).numpy()
+    untuned = tf.saved_model.load(str(dest / "saved_model"))
+    original = next(v for v in untuned.variables if "embedding/embeddings" in v.name).numpy()
+    kept = np.abs(table).sum(axis=1) > 0
+    assert kept.mean() == pytest.approx(0.5, abs=0.02)  # the pruned rows stayed zero through training
+    assert not np.allclose(table[kept], original[kept])  # and the kept ones trained
+
+
+def test_the_int8_savedmodel_stores_tables_and_dense_kernels_as_int8(trained, full_export) -> None:
+    import tensorflow as tf
+
+    dest, _ = full_export
+    variables = {v.name: v for v in tf.saved_model.load(os.path.join(dest, "saved_model_int8")).variables}
+    dtypes = {name.split("/")[0]: v.dtype for name, v in variables.items() if name.endswith("values:0")}
+    assert dtypes["embedding"] == dtypes["deep_0"] == dtypes["wide_weights"] == tf.int8, dtypes
+    assert variables["embedding/scales:0"].dtype == tf.float16
+    assert not any(v.dtype == tf.float32 and v.shape.rank == 2 and v.shape[0] == MODEL["hash_buckets"]
+                   for v in variables.values())  # no float table left
+
+
+def test_full_int8_calibrates_on_a_small_train_split(trained, tmp_path) -> None:
+    small = tmp_path / "small"
+    synthesize(str(tmp_path / "raw"), SynthConfig(rows=300, days=1, rows_per_shard=300))
+    run_pipeline(load_config(None, {"input": str(tmp_path / "raw"), "output": str(small), "label": "label",
+                                    "formats": ["parquet"], "split": {"train": 0.7, "eval": 0.3}}))
+    report = _json(run_cli("checkpoints", "export", trained.store, str(tmp_path / "dest"), "--data", str(small),
+                           "--format", "tflite", "--quantize", "int8", "--json", timeout=600))
+    assert [a["name"] for a in report["artifacts"]][-1] == "tflite/model_int8.tflite"
+    assert report["rows"] == sum(s.rows for s in open_dataset(str(small)).shards("eval"))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--format", "onnx"], "Invalid value for `--format`: 'onnx'"),
+    (["--quantize", "int4"], "Invalid value for `--quantize`: 'int4'"),
+    (["--quantize", "dynamic"], "'dynamic' is a TFLite quantization"),
+    (["--fine-tune-steps", "5"], "give --prune too"),
+], ids=["format", "quantize", "dynamic-without-tflite", "fine-tune-without-prune"])
+def test_bad_export_arguments_are_refused_before_anything_is_written(trained, tmp_path, args, message) -> None:
+    dest = str(tmp_path / "dest")
+    _error_line(run_cli("checkpoints", "export", trained.store, dest, *args, check=False), message)
+    _nothing_at(dest)
+
+
+def test_checkpoint_records_carry_no_credentials_from_urls() -> None:
+    from types import SimpleNamespace
+
+    from shardflow.training.config import TrainConfig
+    from shardflow.training.inputs import InputSpec
+    from shardflow.training.trainer import _recorded_settings
+
+    config = TrainConfig(data="s3://AKIAKEY:datasecret@bucket/data", checkpoint_dir="s3://AKIAKEY:ckptsecret@bucket/ck",
+                         export_dir="https://host/export?sig=exportsecret", storage_options={"secret": "optsecret"})
+    dataset = SimpleNamespace(manifest=SimpleNamespace(version=3))  # only its version is read
+    spec = InputSpec(feature_spec={"label": {"dtype": "int64"}}, label="label")
+    text = json.dumps(_recorded_settings(config, dataset, spec, workers=1, ps=0, layout={}, sharded={}))
+    for secret in ("datasecret", "ckptsecret", "exportsecret", "optsecret"):
+        assert secret not in text
+    assert "bucket/ck" in text and '"version": 3' in text

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from shardflow.storage import Dataset
+from shardflow.storage.urls import redact_url
 
 from ._tf import tf, tf_keras
 from .inputs import InputSpec, ShardReader, choose_format, make_dataset
@@ -32,7 +33,7 @@ def split_data(dataset: Dataset, spec: InputSpec, reader: ShardReader, *, split:
     for name, entry in spec.feature_spec.items():
         if name not in have or have[name].get("dtype") != entry.get("dtype"):
             found = f"holds it as {have[name].get('dtype')}" if name in have else "has no such column"
-            raise ValueError(f"{dataset.url}: the model reads column {name!r} as {entry.get('dtype')}, but the "
+            raise ValueError(f"{redact_url(dataset.url)}: the model reads column {name!r} as {entry.get('dtype')}, but the "
                              f"dataset {found}.")
     fmt = choose_format(dataset, split, fmt)
     shards = [s for s in dataset.shards(split) if s.format.startswith(fmt)]

@@ -38,8 +38,8 @@ from .report import classification_metrics
 from .state import LoadedCheckpoint
 from .tflite import VARIANTS, TFLiteModel, convert
 
-__all__ = ["FORMATS", "QUANTIZATIONS", "Artifact", "ExportReport", "export_checkpoint", "export_saved_model",
-           "write_saved_model"]
+__all__ = ["FORMATS", "QUANTIZATIONS", "Artifact", "ExportReport", "check_export_arguments", "check_export_request",
+           "export_checkpoint", "export_saved_model", "write_saved_model"]
 
 FORMATS = ("saved_model", "tflite")
 QUANTIZATIONS = ("int8", "float16", "dynamic")  # dynamic: TFLite only
@@ -60,13 +60,19 @@ def write_saved_model(model: tf_keras.Model, spec: InputSpec, directory: str) ->
 
 
 def _publish(staged: str, url: str, *, step: int, storage_options: Mapping[str, Any] | None,
-             metadata: Mapping[str, Any], local_target: str) -> str:
-    """Put the finished directory ``staged`` at ``local_target`` (local) or commit it under ``url``."""
+             metadata: Mapping[str, Any], local_target: str, replace: bool) -> str:
+    """Put the finished directory ``staged`` at ``local_target`` (local) or commit it under ``url``.
+
+    Locally, an existing ``local_target`` is replaced only if ``replace`` (a re-export of the
+    same step); otherwise it must be an empty directory still.
+    """
     fs, _ = resolve(url, storage_options)
     if is_local(fs):
         if os.path.isdir(local_target) and not os.listdir(local_target):
             os.rmdir(local_target)
         elif os.path.exists(local_target):
+            if not replace:
+                raise FileExistsError(f"{local_target}: appeared while exporting; the export was not written.")
             shutil.rmtree(local_target)
         os.replace(staged, local_target)
         return local_target
@@ -97,7 +103,7 @@ def export_saved_model(plain: tf_keras.Model, spec: InputSpec, url: str, *, step
     try:
         write_saved_model(plain, spec, staged)
         return _publish(staged, url, step=step, storage_options=storage_options, metadata={"kind": "saved_model"},
-                        local_target=target)
+                        local_target=target, replace=True)
     finally:
         shutil.rmtree(staged, ignore_errors=True)
 
@@ -111,7 +117,8 @@ class Artifact:
     path: str  # relative to the export directory
     bytes: int = 0
     gzip_bytes: int = 0
-    ratio: float = 0.0  # float SavedModel bytes / these bytes
+    of_float: float = 0.0  # these bytes / the float SavedModel's
+    ratio: float = 0.0  # float SavedModel bytes / these bytes: "times smaller"
     gzip_ratio: float = 0.0  # the same, both gzip-compressed
     auc: float = 0.0
     log_loss: float = 0.0
@@ -178,25 +185,54 @@ def _plan(formats: Sequence[str], quantize: Sequence[str], pruned: bool) -> list
     return plan
 
 
-def check_export_request(loaded: LoadedCheckpoint, dest: str, *, formats: Sequence[str], quantize: Sequence[str],
-                         prune: float | None, storage_options: Mapping[str, Any] | None) -> None:
-    """Every argument checked before anything is written; errors name the argument."""
+def check_export_arguments(dest: str, *, formats: Sequence[str], quantize: Sequence[str], prune: float | None,
+                           fine_tune_steps: int = 0, storage_options: Mapping[str, Any] | None = None) -> None:
+    """The arguments checked before anything is fetched or written; errors name the argument."""
     for name, given, allowed in (("--format", formats, FORMATS), ("--quantize", quantize, QUANTIZATIONS)):
         bad = [v for v in given if v not in allowed]
         if bad:
             raise ValueError(f"Invalid value for `{name}`: {bad[0]!r}. Expected some of {', '.join(allowed)}.")
     if not formats:
         raise ValueError("Invalid value for `--format`: nothing to export.")
+    if "dynamic" in quantize and "tflite" not in formats:
+        raise ValueError("Invalid value for `--quantize`: 'dynamic' is a TFLite quantization; add --format tflite.")
     if prune is not None and not 0.0 < prune < 1.0:
         raise ValueError(f"Invalid value for `--prune`: {prune}. Expected a sparsity between 0 and 1, exclusive.")
-    if (quantize or prune is not None or "tflite" in formats) and not is_builtin(loaded.config.model):
-        raise ValueError(f"TFLite, --quantize and --prune need the built-in model; this checkpoint's model is "
-                         f"{loaded.config.model.function!r}: export it with --format saved_model alone.")
+    if fine_tune_steps and prune is None:
+        raise ValueError("Invalid value for `--fine-tune-steps`: fine-tuning follows pruning; give --prune too.")
     fs, root = resolve(dest, storage_options)
     if is_local(fs) and os.path.exists(root) and (not os.path.isdir(root) or os.listdir(root)):
         raise FileExistsError(f"{dest}: already exists and is not an empty directory; export into a new one.")
-    if not is_local(fs) and loaded.record.step in CheckpointStore(dest, storage_options=storage_options).steps():
+
+
+def check_export_request(loaded: LoadedCheckpoint, dest: str, *, formats: Sequence[str], quantize: Sequence[str],
+                         prune: float | None, fine_tune_steps: int = 0,
+                         storage_options: Mapping[str, Any] | None = None) -> None:
+    """:func:`check_export_arguments`, and what needs the restored checkpoint: the model kind,
+    a step already exported to object storage."""
+    check_export_arguments(dest, formats=formats, quantize=quantize, prune=prune, fine_tune_steps=fine_tune_steps,
+                           storage_options=storage_options)
+    if (quantize or prune is not None or "tflite" in formats) and not is_builtin(loaded.config.model):
+        raise ValueError(f"TFLite, --quantize and --prune need the built-in model; this checkpoint's model is "
+                         f"{loaded.config.model.function!r}: export it with --format saved_model alone.")
+    if not is_local(resolve(dest, storage_options)[0]) and \
+            loaded.record.step in CheckpointStore(dest, storage_options=storage_options).steps():
         raise FileExistsError(f"{redact_url(dest)}: step {loaded.record.step} is already exported there.")
+
+
+def _scoring_dataset(loaded: LoadedCheckpoint, data: str | None, split: str,
+                     storage_options: Mapping[str, Any] | None) -> Any:
+    url = data or loaded.record.metadata["dataset"]["url"]
+    try:
+        dataset = open_dataset(url, storage_options=storage_options)
+    except (OSError, ValueError) as e:
+        if data:
+            raise
+        raise ValueError(f"{e} (the dataset the checkpoint was trained on; name another with --data)") from e
+    if split not in dataset.manifest.splits():
+        raise ValueError(f"Invalid value for `--split`: {split!r}. {redact_url(url)} has "
+                         f"{sorted(dataset.manifest.splits())}.")
+    return dataset
 
 
 def export_checkpoint(loaded: LoadedCheckpoint, dest: str, *, formats: Sequence[str] = ("saved_model",),
@@ -212,9 +248,10 @@ def export_checkpoint(loaded: LoadedCheckpoint, dest: str, *, formats: Sequence[
         fine_tune_steps: Train steps on the train split after pruning, pruned weights held at zero.
         work_dir: Local scratch space (shard cache), removed by the caller.
     """
-    check_export_request(loaded, dest, formats=formats, quantize=quantize, prune=prune, storage_options=storage_options)
+    check_export_request(loaded, dest, formats=formats, quantize=quantize, prune=prune, fine_tune_steps=fine_tune_steps,
+                         storage_options=storage_options)
     say = progress or (lambda message: None)
-    dataset = open_dataset(data or loaded.record.metadata["dataset"]["url"], storage_options=storage_options)
+    dataset = _scoring_dataset(loaded, data, split, storage_options)
     reader = ShardReader(dataset, loaded.spec, cache_dir=os.path.join(work_dir, "cache"), cache_bytes=64 << 30)
     say(f"reading {eval_rows or 'all'} rows of the {split} split")
     columns, labels = read_rows(split_data(dataset, loaded.spec, reader, split=split, rows=eval_rows))
@@ -253,7 +290,7 @@ def export_checkpoint(loaded: LoadedCheckpoint, dest: str, *, formats: Sequence[
         with open(os.path.join(staged, "report.json"), "w") as f:
             f.write(report.to_json(with_location=False))
         report.location = _publish(staged, dest, step=loaded.record.step, storage_options=storage_options,
-                                   metadata={"kind": "export"}, local_target=local_target or "")
+                                   metadata={"kind": "export"}, local_target=local_target or "", replace=False)
     finally:
         shutil.rmtree(staged, ignore_errors=True)
     return report
@@ -265,8 +302,9 @@ def _score(name: str, fmt: str, path: str, logits: np.ndarray, labels: np.ndarra
     float_model = earlier[0] if earlier else None  # the float SavedModel is always first
     metrics = classification_metrics(labels, logits)
     dprob = np.abs(1.0 / (1.0 + np.exp(-logits)) - 1.0 / (1.0 + np.exp(-reference)))
-    return Artifact(name=name, format=fmt, path=name, bytes=size, gzip_bytes=packed,
-                    ratio=(float_model.bytes if float_model else size) / size,
+    float_bytes = float_model.bytes if float_model else size
+    return Artifact(name=name, format=fmt, path=name, bytes=size, gzip_bytes=packed, of_float=size / float_bytes,
+                    ratio=float_bytes / size,
                     gzip_ratio=(float_model.gzip_bytes if float_model else packed) / packed,
                     auc=metrics["auc"], log_loss=metrics["loss"], auc_change=metrics["auc"] - base["auc"],
                     max_abs_dprob=float(dprob.max()))
@@ -279,12 +317,23 @@ def _calibration(dataset: Any, loaded: LoadedCheckpoint, reader: ShardReader,
 
     def batches() -> Any:
         if not cached:
-            columns, _ = read_rows(split_data(dataset, loaded.spec, reader, split="train", rows=_CALIBRATION_ROWS))
+            columns, labels = read_rows(split_data(dataset, loaded.spec, reader, split=_train_split(dataset),
+                                                   rows=_CALIBRATION_ROWS))
             encoded = encode_rows(columns, encoding)  # type: ignore[arg-type]
-            cached.extend({k: v[i:i + 64] for k, v in encoded.items()} for i in range(0, _CALIBRATION_ROWS, 64))
+            size = min(64, len(labels))  # whole batches only: the converter wants one shape
+            cached.extend({k: v[i:i + size] for k, v in encoded.items()}
+                          for i in range(0, len(labels) - len(labels) % size, size))
         return iter(cached)
 
     return batches
+
+
+def _train_split(dataset: Any) -> str:
+    """Calibration and fine-tuning read the train split; a dataset without one is named."""
+    if "train" not in dataset.manifest.splits():
+        raise ValueError(f"{redact_url(dataset.url)} has no train split to calibrate or fine-tune on; it has "
+                         f"{sorted(dataset.manifest.splits())} (name another dataset with --data).")
+    return "train"
 
 
 def _prune(loaded: LoadedCheckpoint, dataset: Any, reader: ShardReader, sparsity: float, steps: int,
@@ -296,8 +345,9 @@ def _prune(loaded: LoadedCheckpoint, dataset: Any, reader: ShardReader, sparsity
     if steps:
         if loaded.optimizer is None:
             raise ValueError("Fine-tuning needs the checkpoint's optimizer state (load it with_optimizer=True).")
-        shards = [s for s in dataset.shards("train") if s.format.startswith("tfrecord")] or \
-            [s for s in dataset.shards("train") if s.format == "parquet"]
+        train = _train_split(dataset)
+        shards = [s for s in dataset.shards(train) if s.format.startswith("tfrecord")] or \
+            [s for s in dataset.shards(train) if s.format == "parquet"]
         fmt = "tfrecord" if shards[0].format.startswith("tfrecord") else "parquet"
         data = make_dataset(reader.prepare(shards), fmt, loaded.spec, batch_size=loaded.config.batch_size,
                             shuffle_buffer=loaded.config.shuffle_buffer, seed=loaded.config.seed + 1,

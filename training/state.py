@@ -24,7 +24,7 @@ from .config import TrainConfig
 from .inputs import InputSpec
 from .model import build_model
 
-__all__ = ["PREFIX", "LoadedCheckpoint", "TrainState", "build_state", "checkpoint_layout", "find_checkpoint",
+__all__ = ["PREFIX", "LoadedCheckpoint", "TrainState", "build_state", "checkpoint_layout",
            "load_checkpoint", "make_optimizer", "plain_copy", "read_into"]
 
 PREFIX = "ckpt"  # the TensorFlow checkpoint prefix inside each checkpoint directory
@@ -104,22 +104,6 @@ def plain_copy(trained: tf_keras.Model, spec: InputSpec, config: TrainConfig) ->
     return plain
 
 
-def find_checkpoint(store: CheckpointStore, step: int | None) -> Checkpoint:
-    """The committed checkpoint at ``step`` (default: the latest), or an error naming what there is."""
-    steps = store.steps()
-    if not steps:
-        uncommitted = store.uncommitted()
-        extra = f" ({len(uncommitted)} uncommitted upload(s): steps {sorted(uncommitted)})" if uncommitted else ""
-        raise FileNotFoundError(f"{redact_url(store.url)}: no committed checkpoints{extra}.")
-    if step is None:
-        return store.get(steps[-1])
-    if step not in steps:
-        state = "uncommitted (its upload never finished)" if step in store.uncommitted() else "not there"
-        raise FileNotFoundError(f"{redact_url(store.url)}: the checkpoint at step {step} is {state}; committed "
-                                f"steps: {', '.join(map(str, steps))}.")
-    return store.get(step)
-
-
 @dataclass
 class LoadedCheckpoint:
     """A committed checkpoint restored into a plain model in this process."""
@@ -156,7 +140,7 @@ def load_checkpoint(url: str, *, step: int | None = None, local_dir: str,
         ValueError: the record names no model settings, or the files do not match them.
     """
     store = CheckpointStore(url, storage_options=storage_options)
-    record = find_checkpoint(store, step)
+    record = store.find(step)
     where = f"The checkpoint at step {record.step} in {redact_url(store.url)}"
     config, spec = recorded_config(record, where=where)
     directory = store.download(record, os.path.join(local_dir, f"step-{record.step:012d}"), verify=True)

@@ -365,6 +365,8 @@ def _recorded_settings(config: TrainConfig, dataset: Any, spec: InputSpec, *, wo
     """What every checkpoint record of this run names: enough to rebuild the model without a
     cluster (settings, columns), where its data came from, how it was sharded. No secrets."""
     settings = config.model_dump(mode="json", exclude={"storage_options"})
+    for key in ("checkpoint_dir", "run_dir", "export_dir", "cache_dir"):  # URLs may carry credentials
+        settings[key] = redact_url(settings[key]) if settings[key] else settings[key]
     data = os.path.abspath(config.data) if "://" not in config.data else redact_url(config.data)
     settings["data"] = data
     return {"workers": workers, "ps": ps, "sharded": sharded, "variables": layout,

@@ -114,19 +114,18 @@ def variable_rows(reader: Any, layout: dict[str, dict[str, Any]]) -> list[dict[s
         known = layout.get(key, {})
         rows.append({"key": key, "variable": known.get("name") or key.removesuffix("/.ATTRIBUTES/VARIABLE_VALUE"),
                      "group": group, "shape": list(shapes[key]), "dtype": dtype.name, "bytes": size,
-                     "shards": known.get("shards", 1)})
+                     "shards": known.get("shards")})  # None: a record written before layouts were noted
     return rows
 
 
 @checkpoints_app.command("show")
 def show_command(url: Url, step: Step = None, as_json: Json = False, storage_option: StorageOption = None) -> None:
     """The variables of a checkpoint, grouped; reads only its index file."""
-    from shardflow.training.state import PREFIX, find_checkpoint
-
     from shardflow.training._tf import tf
+    from shardflow.training.state import PREFIX
 
     store = _store(url, storage_option)
-    record = find_checkpoint(store, step)
+    record = store.find(step)
     with _scratch() as tmp:
         store.copy(record, tmp, files=[f"{PREFIX}.index"])
         rows = variable_rows(tf.train.load_checkpoint(os.path.join(tmp, PREFIX)),
@@ -146,7 +145,7 @@ def show_command(url: Url, step: Step = None, as_json: Json = False, storage_opt
         table.add_row(f"[bold]{group}[/]", "", "", f"[bold]{human_bytes(sum(r['bytes'] for r in members))}[/]", "")
         for r in members:
             table.add_row(f"  {r['variable']}", "×".join(map(str, r["shape"])) or "scalar", r["dtype"],
-                          human_bytes(r["bytes"]), str(r["shards"]))
+                          human_bytes(r["bytes"]), _fmt(r["shards"]))
         table.add_section()
     out.print(table)
     out.print(f"total {human_bytes(sum(r['bytes'] for r in rows))} in {len(rows)} variables; "
@@ -155,13 +154,12 @@ def show_command(url: Url, step: Step = None, as_json: Json = False, storage_opt
 
 @checkpoints_app.command("download")
 def download_command(url: Url, dest: Annotated[str, typer.Argument(help="A new local directory.", metavar="DEST")],
-                     step: Step = None, storage_option: StorageOption = None) -> None:
+                     step: Step = None, as_json: Json = False, storage_option: StorageOption = None) -> None:
     """Copy a checkpoint's files to DEST, each verified; then tf.train.load_checkpoint(DEST) works."""
     from shardflow.storage.commit import temp_token
-    from shardflow.training.state import find_checkpoint
 
     store = _store(url, storage_option)
-    record = find_checkpoint(store, step)
+    record = store.find(step)
     _fresh_destination(dest)
     staged = os.path.join(os.path.dirname(os.path.abspath(dest)), f".tmp-{temp_token()}")
     try:
@@ -174,6 +172,10 @@ def download_command(url: Url, dest: Annotated[str, typer.Argument(help="A new l
         os.replace(staged, dest)
     finally:
         shutil.rmtree(staged, ignore_errors=True)
+    if as_json:
+        _print_json({"step": record.step, "url": redact_url(store.url_of(record)), "dest": dest,
+                     "files": len(record.files), "bytes": record.bytes, "verified": True})
+        return
     out.print(f"[green]downloaded[/] step {record.step:,}: {len(record.files)} files, {human_bytes(record.bytes)}, "
               f"checksums verified, to {dest}")
 
@@ -233,16 +235,25 @@ def _list(text: str | None) -> list[str]:
 
 
 def report_table(report: Any) -> Table:
-    """The export report in 80 columns (report.json has every figure). ×: the float SavedModel's
-    bytes over the artifact's; |Δp|: the largest change of a row's probability."""
+    """The export report in 80 columns (report.json has every figure): ×, the float SavedModel's
+    bytes over the artifact's (both gzipped for gzip×); |Δp|, the largest change of a row's
+    probability against the float checkpoint."""
     table = Table(title=f"export of step {report.step:,}: {report.rows:,} {report.split} rows, float checkpoint "
                         f"AUC {report.checkpoint_auc:.4f}", box=box.SIMPLE_HEAD, pad_edge=False)
-    for col in ("artifact", "size", "×", "gzip×", "AUC", "ΔAUC", "|Δp|"):
+    for col in ("artifact", "size", "×", "gzip×", "AUC", "loss", "ΔAUC", "|Δp|"):
         table.add_column(col, justify="left" if col == "artifact" else "right", no_wrap=True)
+    pruned = False
     for a in report.artifacts:
-        name = a.name.removesuffix(".tflite").replace("tflite/model_", "TFLite ").replace("saved_model", "SavedModel")
-        name = name.replace("/", " ").replace("_", " ")
-        table.add_row(name, human_bytes(a.bytes), f"{a.ratio:.2f}", f"{a.gzip_ratio:.2f}", f"{a.auc:.4f}",
+        if a.name.startswith("pruned/") and not pruned:
+            pruned = True
+            table.add_section()
+            table.add_row(f"[bold]pruned {report.pruning['target']:.0%}[/]")
+            steps = report.pruning["fine_tune_steps"]
+            table.caption = f"pruned: {report.pruning['target']:.0%} of each kernel's weights and table's rows" + \
+                (f", then {steps} fine-tune steps" if steps else ", no fine-tuning")
+        name = a.name.removeprefix("pruned/").removesuffix(".tflite").replace("tflite/model_", "TFLite ")
+        table.add_row(name.replace("saved_model", "SavedModel").replace("_", " "), human_bytes(a.bytes),
+                      f"{a.ratio:.2f}", f"{a.gzip_ratio:.2f}", f"{a.auc:.4f}", f"{a.log_loss:.4f}",
                       f"{a.auc_change:+.4f}", f"{a.max_abs_dprob:.4f}")
     return table
 
@@ -265,13 +276,14 @@ def export_command(
     storage_option: StorageOption = None,
 ) -> None:
     """Export a checkpoint's model (SavedModel, compressed SavedModel, TFLite) and score each artifact."""
-    from shardflow.training.export import check_export_request, export_checkpoint
+    from shardflow.training.export import check_export_arguments, check_export_request, export_checkpoint
 
     options = parse_storage_options(storage_option or [])
     kwargs = {"formats": _list(formats), "quantize": _list(quantize), "prune": prune}
+    check_export_arguments(dest, **kwargs, fine_tune_steps=fine_tune_steps, storage_options=options)  # before fetching
     with _scratch() as tmp:
         loaded = _load(url, step, storage_option, tmp, with_optimizer=bool(fine_tune_steps))
-        check_export_request(loaded, dest, **kwargs, storage_options=options)
+        check_export_request(loaded, dest, **kwargs, fine_tune_steps=fine_tune_steps, storage_options=options)
         with Progress(TextColumn("[bold]export"), TextColumn("{task.description}"), console=err, transient=True) as bar:
             task = bar.add_task("restoring")
             report = export_checkpoint(loaded, dest, **kwargs, fine_tune_steps=fine_tune_steps, data=data, split=split,
