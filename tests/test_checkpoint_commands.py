@@ -392,11 +392,12 @@ def test_export_report_figures(trained, full_export) -> None:
     assert base["ratio"] == 1.0 and base["gzip_ratio"] == 1.0
     assert abs(base["auc_change"]) < 1e-6 and base["max_abs_dprob"] < 1e-4
     for a in artifacts:
-        assert set(a) == {"name", "format", "path", "bytes", "gzip_bytes", "ratio", "gzip_ratio", "auc", "log_loss",
-                          "auc_change", "max_abs_dprob"}
+        assert set(a) == {"name", "format", "path", "bytes", "gzip_bytes", "of_float", "ratio", "gzip_ratio", "auc",
+                          "log_loss", "auc_change", "max_abs_dprob"}
         assert a["format"] == ("tflite" if a["name"].startswith("tflite/") else "saved_model")
         assert a["bytes"] == _size(os.path.join(dest, a["path"])) > 0 and a["gzip_bytes"] > 0
         assert a["ratio"] == pytest.approx(base["bytes"] / a["bytes"])
+        assert a["of_float"] == pytest.approx(a["bytes"] / base["bytes"])
         assert a["gzip_ratio"] == pytest.approx(base["gzip_bytes"] / a["gzip_bytes"])
         assert 0.5 < a["auc"] < 1.0 and 0.0 < a["log_loss"] < 1.0
         assert a["auc_change"] == pytest.approx(a["auc"] - report["checkpoint_auc"], abs=1e-12)
