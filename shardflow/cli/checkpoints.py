@@ -81,13 +81,13 @@ def list_command(url: Url, as_json: Json = False, storage_option: StorageOption 
     if as_json:
         _print_json(rows)
         return
-    table = Table(title=f"checkpoints in {redact_url(store.url)}", box=box.SIMPLE_HEAD, pad_edge=False)
-    for col in ("step", "created (UTC)", "size", "state", "loss", "eval AUC", "examples"):
-        table.add_column(col, justify="left" if col in ("created (UTC)", "state") else "right", no_wrap=True)
+    table = Table(title=f"checkpoints in {redact_url(store.url)} (created: month-day, UTC)", box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in ("step", "created", "size", "state", "loss", "eval AUC", "examples"):
+        table.add_column(col, justify="left" if col in ("created", "state") else "right", no_wrap=True)
     for r in rows:  # latest and promoted are committed
         state = "[yellow]uncommitted[/]" if not r["committed"] else "latest" if r["latest"] else "committed"
         state += " promoted" if r["promoted"] else ""
-        table.add_row(f"{r['step']:,}", (r["created"] or "-")[:16].replace("T", " "), human_bytes(r["bytes"]), state,
+        table.add_row(f"{r['step']:,}", r["created"][5:16].replace("T", " ") if r["created"] else "-", human_bytes(r["bytes"]), state,
                       _fmt(r["train_loss"], ".4f"), _fmt((r["eval"] or {}).get("auc"), ".4f"), _fmt(r["examples"], ","))
     out.print(table)
     sources = {(r["dataset"]["url"], r["dataset"]["version"], r["workers"], r["ps"]) for r in rows if r["dataset"]}
