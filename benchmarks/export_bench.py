@@ -26,13 +26,11 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-
-from shardflow.training import quiet_native_stderr  # noqa: E402
+from shardflow.training import quiet_native_stderr
 
 with quiet_native_stderr():
-    from shardflow.training.export import export_checkpoint  # noqa: E402
-    from shardflow.training.state import load_checkpoint  # noqa: E402
+    from shardflow.training.export import export_checkpoint
+    from shardflow.training.state import load_checkpoint
 
 # (artifact, what it is compared on, limit on |ΔAUC|, minimum ratio or None)
 TARGETS = [

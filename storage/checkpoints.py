@@ -148,23 +148,39 @@ class CheckpointStore:
     def url_of(self, checkpoint: Checkpoint) -> str:
         return join_url(self.url, checkpoint.directory)
 
-    def uncommitted(self) -> dict[int, list[str]]:
-        """Checkpoint file directories that no record commits (uploads cut short, or in
-        progress), by step: never "latest", never restored from."""
-        committed = {c.directory for c in self.list()}
-        found: dict[int, list[str]] = {}
+    def _file_dirs(self) -> dict[str, int]:
+        """Every checkpoint file directory under the store (listed fresh), with its step."""
         with translate_errors(self.url, self.storage_options):
             self.fs.invalidate_cache(self.root)
             try:
                 names = self.fs.ls(self.root, detail=False)
             except FileNotFoundError:
                 return {}
+        found = {}
         for name in names:
             base = posixpath.basename(name.rstrip("/"))
-            match = _FILES.match(base)
-            if match and base not in committed:
-                found.setdefault(int(match.group(1)), []).append(base)
+            if match := _FILES.match(base):
+                found[base] = int(match.group(1))
         return found
+
+    def uncommitted(self, committed: Sequence[Checkpoint] | None = None) -> dict[int, list[str]]:
+        """Checkpoint file directories that no record commits (uploads cut short, or in
+        progress), by step: never "latest", never restored from.
+
+        Args:
+            committed: The committed checkpoints, when the caller has listed them already.
+        """
+        referenced = {c.directory for c in (self.list() if committed is None else committed)}
+        found: dict[int, list[str]] = {}
+        for directory, step in self._file_dirs().items():
+            if directory not in referenced:
+                found.setdefault(step, []).append(directory)
+        return found
+
+    def directory_bytes(self, directory: str) -> int:
+        """Bytes under one of the store's directories (e.g. an uncommitted upload)."""
+        with translate_errors(join_url(self.url, directory), self.storage_options):
+            return int(self.fs.du(self._path(directory)))
 
     def download(self, checkpoint: Checkpoint, local_dir: str, *, verify: bool = False,
                  on_bytes: Callable[[int], None] | None = None) -> str:
@@ -193,7 +209,7 @@ class CheckpointStore:
             os.makedirs(os.path.dirname(dest), exist_ok=True)
             with translate_errors(join_url(self.url, checkpoint.directory, entry["path"]), self.storage_options):
                 self.fs.get_file(self._path(checkpoint.directory, entry["path"]), dest)
-            self._check(checkpoint, entry, dest)
+            self._compare(checkpoint, entry, *checksum_file(dest))
             if on_bytes:
                 on_bytes(int(entry["bytes"]))
 
@@ -223,10 +239,6 @@ class CheckpointStore:
             raise FileNotFoundError(f"{redact_url(join_url(self.url, checkpoint.directory))}: the checkpoint at step "
                                     f"{checkpoint.step} has no file {missing[0]!r}.")
         return [by_path[p] for p in files]
-
-    def _check(self, checkpoint: Checkpoint, entry: dict[str, Any], local_path: str) -> None:
-        checksum, size = checksum_file(local_path)
-        self._compare(checkpoint, entry, checksum, size)
 
     def _compare(self, checkpoint: Checkpoint, entry: dict[str, Any], checksum: str, size: int) -> None:
         if (checksum, size) != (entry["checksum"], entry["bytes"]):
@@ -296,12 +308,9 @@ class CheckpointStore:
             if checkpoints:
                 referenced = {c.directory for c in checkpoints if c.step in keep}
                 newest = checkpoints[-1].step
-                self.fs.invalidate_cache(self.root)
-                for name in self.fs.ls(self.root, detail=False):
-                    base = posixpath.basename(name.rstrip("/"))
-                    match = _FILES.match(base)
-                    if match and base not in referenced and int(match.group(1)) < newest:
-                        self._remove_dir(base)
+                for directory, step in self._file_dirs().items():
+                    if directory not in referenced and step < newest:
+                        self._remove_dir(directory)
         return removed
 
     def _remove_dir(self, directory: str) -> None:

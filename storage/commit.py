@@ -1,4 +1,5 @@
-"""The commit protocol's primitives: checksums and publishing a finished file.
+"""The commit protocol's primitives: checksums, publishing a finished file, and a local
+directory that appears whole or not at all.
 
 A file is always finished (written, checksummed) under a temporary local name first,
 then published to its final name in one step that readers never see half done:
@@ -9,17 +10,19 @@ derived from content, so publishing the same bytes twice is a no-op.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import fsspec
 
 from .urls import is_local
 
-__all__ = ["CHECKSUM_ALGORITHM", "checksum_file", "checksum_stream", "publish_file", "publish_bytes", "temp_token"]
+__all__ = ["CHECKSUM_ALGORITHM", "checksum_file", "checksum_stream", "publish_file", "publish_bytes", "require_new_dir",
+           "staged_dir", "temp_token"]
 
 CHECKSUM_ALGORITHM = "sha256"
 _BLOCK = 4 << 20
@@ -110,3 +113,32 @@ def publish_bytes(fs: fsspec.AbstractFileSystem, dest: str, data: bytes, *, excl
         _fsync_dir(parent)
     else:
         fs.pipe_file(dest, data, mode="create" if exclusive else "overwrite")
+
+
+def require_new_dir(path: str) -> None:
+    """Refuse a local ``path`` that exists and is not an empty directory."""
+    if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
+        raise FileExistsError(f"{path}: already exists and is not an empty directory; choose a new one.")
+
+
+@contextlib.contextmanager
+def staged_dir(target: str, *, replace: bool = False) -> Iterator[str]:
+    """A fresh directory beside local ``target`` to fill; when the block ends without error it
+    is renamed to ``target`` in one step, otherwise removed. ``target`` must then still be new
+    (or an empty directory) unless ``replace``, which swaps out what is there.
+    """
+    parent = os.path.dirname(os.path.abspath(target))
+    os.makedirs(parent, exist_ok=True)
+    staged = os.path.join(parent, f".tmp-{temp_token()}")  # beside it: the rename stays on one filesystem
+    os.makedirs(staged)
+    try:
+        yield staged
+        if os.path.isdir(target) and not os.listdir(target):
+            os.rmdir(target)
+        elif os.path.exists(target):
+            if not replace:
+                raise FileExistsError(f"{target}: appeared while this was being written; nothing was written there.")
+            shutil.rmtree(target)
+        os.replace(staged, target)
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)

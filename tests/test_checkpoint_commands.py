@@ -510,7 +510,8 @@ def test_a_url_without_checkpoints_is_refused(command, trained, broken, tmp_path
     extra = {"download": [dest], "export": [dest], "evaluate": ["--data", trained.data]}.get(command, [])
     proc = run_cli("checkpoints", command, url, *extra, check=False)
     _error_line(proc, url, "no checkpoints there" if command == "list" else "no committed checkpoints")
-    _nothing_at(dest)
+    if dest in extra:  # the commands that write somewhere
+        _nothing_at(dest)
 
 
 def test_an_s3_prefix_without_checkpoints_is_refused(s3_server, tmp_path) -> None:
@@ -527,7 +528,8 @@ def test_a_step_that_is_not_there_is_refused(command, trained, tmp_path) -> None
     extra = {"download": [dest], "export": [dest], "evaluate": ["--data", trained.data]}.get(command, [])
     proc = run_cli("checkpoints", command, trained.store, *extra, "--step", "30", check=False)
     _error_line(proc, "step 30", "not there", "committed steps: 20, 40")
-    _nothing_at(dest)
+    if dest in extra:  # the commands that write somewhere
+        _nothing_at(dest)
 
 
 @pytest.mark.parametrize("command", ["show", "download", "export"])
@@ -537,7 +539,8 @@ def test_an_uncommitted_step_is_refused(command, broken, tmp_path) -> None:
     extra = [dest] if command in ("download", "export") else []
     proc = run_cli("checkpoints", command, str(root / "uncommitted"), *extra, "--step", "99", check=False)
     _error_line(proc, "step 99", "uncommitted", "committed steps: 20, 40")
-    _nothing_at(dest)
+    if dest in extra:  # the commands that write somewhere
+        _nothing_at(dest)
 
 
 @pytest.mark.parametrize("command", ["download", "evaluate", "export"])
@@ -549,7 +552,8 @@ def test_a_checkpoint_that_fails_its_checksum_is_refused(command, trained, broke
     extra = {"download": [dest], "export": [dest], "evaluate": ["--data", trained.data]}[command]
     proc = run_cli("checkpoints", command, str(root / "corrupt"), *extra, check=False)
     _error_line(proc, f"{record.directory}/{corrupted}", "its record says", entry["checksum"])
-    _nothing_at(dest)
+    if dest in extra:  # the commands that write somewhere
+        _nothing_at(dest)
     # the step before is intact and still usable
     if command == "download":
         run_cli("checkpoints", "download", str(root / "corrupt"), dest, "--step", "20")
@@ -693,3 +697,11 @@ def test_checkpoint_records_carry_no_credentials_from_urls() -> None:
     for secret in ("datasecret", "ckptsecret", "exportsecret", "optsecret"):
         assert secret not in text
     assert "bucket/ck" in text and '"version": 3' in text
+
+
+def test_a_split_the_dataset_lacks_is_refused(trained, tmp_path) -> None:
+    dest = str(tmp_path / "dest")
+    for command in (["evaluate", trained.store, "--data", trained.data], ["export", trained.store, dest]):
+        _error_line(run_cli("checkpoints", *command, "--split", "nope", check=False), "`split`: 'nope'",
+                    "['eval', 'train']")
+    _nothing_at(dest)

@@ -31,6 +31,16 @@ def _rows_per_scale(dim: int) -> int:
     return max(1, math.ceil(_VALUES_PER_SCALE / dim))
 
 
+def _int8(values: np.ndarray, peak: np.ndarray, scale_dtype: type) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 of ``values`` with scales ``peak / 127`` (broadcast against ``values``),
+    stored as ``scale_dtype`` and never rounded below the peak; an all-zero group gets scale 1."""
+    scales = (peak / 127.0).astype(scale_dtype)
+    short = scales.astype(np.float32) * 127.0 < peak  # the scale's dtype rounded it down: step it up
+    scales[short] = np.nextafter(scales[short], scale_dtype(np.inf))
+    scales[scales == 0] = 1.0  # a pruned row stays zero
+    return np.clip(np.rint(values / scales.astype(np.float32)), -127, 127).astype(np.int8), scales
+
+
 def quantize_table(table: np.ndarray, mode: TableMode) -> dict[str, np.ndarray]:
     """``{"values": ...}`` as float16, or int8 ``values`` with one float16 ``scales`` entry per
     row (per group of rows when a row holds fewer than 16 values), symmetric, round to nearest."""
@@ -40,14 +50,9 @@ def quantize_table(table: np.ndarray, mode: TableMode) -> dict[str, np.ndarray]:
     group = _rows_per_scale(dim)
     padded = np.zeros((math.ceil(rows / group) * group, dim), np.float32)
     padded[:rows] = table
-    peak = np.abs(padded.reshape(-1, group * dim)).max(axis=1)
-    scales = (peak / 127.0).astype(np.float16)
-    short = scales.astype(np.float32) * 127.0 < peak  # float16 rounded the scale down: step it up
-    scales[short] = np.nextafter(scales[short], np.float16(np.inf))
-    scales[scales == 0] = 1.0  # an all-zero group (a pruned row) stays zero
-    per_row = np.repeat(scales.astype(np.float32), group)[:rows, None]
-    values = np.clip(np.rint(table / per_row), -127, 127).astype(np.int8)
-    return {"values": values, "scales": scales}
+    grouped = padded.reshape(-1, group * dim)
+    values, scales = _int8(grouped, np.abs(grouped).max(axis=1, keepdims=True), np.float16)
+    return {"values": values.reshape(-1, dim)[:rows], "scales": scales[:, 0]}
 
 
 @tf_keras.utils.register_keras_serializable("shardflow")
@@ -106,10 +111,9 @@ class QuantizedDense(tf_keras.layers.Layer):
 
     def load(self, source: tf_keras.layers.Dense) -> None:
         kernel = source.kernel.numpy()
-        scales = np.abs(kernel).max(axis=0) / 127.0
-        scales[scales == 0] = 1.0
-        self.values.assign(np.clip(np.rint(kernel / scales), -127, 127).astype(np.int8))
-        self.scales.assign(scales.astype(np.float32))
+        values, scales = _int8(kernel, np.abs(kernel).max(axis=0, keepdims=True), np.float32)
+        self.values.assign(values)
+        self.scales.assign(scales[0])
         if self.bias is not None:
             self.bias.assign(source.bias.numpy())
 

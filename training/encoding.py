@@ -5,7 +5,8 @@ exported TFLite model is the core alone and a client encodes rows first, with
 :func:`encode_rows` and the ``encoding.json`` written beside the model (or by reimplementing
 the spec: FarmHash Fingerprint64 of ``"<column>=<value>"`` modulo ``buckets``, nulls as "";
 numbers as ``sign(x) * log(1 + |x|)``, nulls as 0 with a missing flag).
-The model's own :class:`~.model.HashIds` layer runs the same :func:`~.model.hash_ids`.
+The model's own encoder layers run the same functions (:func:`~.model.hash_ids`,
+:func:`~.model.fill_missing`, :func:`~.model.signed_log`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numpy as np
 from ._tf import tf
 from .config import ModelConfig
 from .inputs import InputSpec
-from .model import hash_ids
+from .model import fill_missing, hash_ids, signed_log
 
 __all__ = ["ENCODING_FORMAT", "encoding_spec", "encode_rows", "load_encoding"]
 
@@ -60,6 +61,12 @@ def _strings(values: Any) -> np.ndarray:
     return np.array([b"" if v is None else v.encode() if isinstance(v, str) else bytes(v) for v in values], dtype=object)
 
 
+def _floats(values: Any) -> np.ndarray:
+    if isinstance(values, np.ndarray) and values.dtype.kind == "f":
+        return values.astype(np.float32, copy=False)
+    return np.array([np.nan if v is None else v for v in values], dtype=np.float32)
+
+
 def encode_rows(rows: Mapping[str, Sequence[Any] | np.ndarray], encoding: Mapping[str, Any] | str) -> dict[str, np.ndarray]:
     """``ids``, ``numeric`` and ``missing`` arrays for the TFLite core, from raw columns.
 
@@ -80,10 +87,7 @@ def encode_rows(rows: Mapping[str, Sequence[Any] | np.ndarray], encoding: Mappin
         values = [tf.constant(_strings(rows[c])) for c in encoding["categorical"]]
         out["ids"] = hash_ids(encoding["categorical"], values, int(encoding["hash"]["buckets"])).numpy()
     if encoding["numeric"]:
-        x = np.stack([np.array([np.nan if v is None else v for v in rows[c]], dtype=np.float32)
-                      for c in encoding["numeric"]], axis=1)
-        present = np.isfinite(x)
-        x = np.where(present, x, 0.0)
-        out["numeric"] = (np.sign(x) * np.log1p(np.abs(x))).astype(np.float32)
-        out["missing"] = (~present).astype(np.float32)
+        columns = [tf.constant(_floats(rows[c])) for c in encoding["numeric"]]
+        values, missing = fill_missing(columns)
+        out["numeric"], out["missing"] = signed_log(values).numpy(), missing.numpy()
     return out

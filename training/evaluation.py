@@ -22,8 +22,10 @@ _BATCH = 4096
 
 
 def split_data(dataset: Dataset, spec: InputSpec, reader: ShardReader, *, split: str, fmt: str = "auto",
-               rows: int | None = None) -> tf.data.Dataset:
-    """``(features, label)`` batches of ``split``, in file order, the first ``rows`` only if given.
+               rows: int | None = None, batch_size: int = _BATCH, **stream: Any) -> tf.data.Dataset:
+    """``(features, label)`` batches of ``split``: in file order, the first ``rows`` only if
+    given; or, with ``stream`` (``make_dataset``'s ``shuffle_buffer``, ``seed``, ``repeat``), a
+    training stream.
 
     Raises:
         ValueError: the dataset has no such split (naming the ones it has), or lacks a column
@@ -33,14 +35,18 @@ def split_data(dataset: Dataset, spec: InputSpec, reader: ShardReader, *, split:
     for name, entry in spec.feature_spec.items():
         if name not in have or have[name].get("dtype") != entry.get("dtype"):
             found = f"holds it as {have[name].get('dtype')}" if name in have else "has no such column"
-            raise ValueError(f"{redact_url(dataset.url)}: the model reads column {name!r} as {entry.get('dtype')}, but the "
-                             f"dataset {found}.")
+            raise ValueError(f"{redact_url(dataset.url)}: the model reads column {name!r} as {entry.get('dtype')}, "
+                             f"but the dataset {found}.")
     fmt = choose_format(dataset, split, fmt)
     shards = [s for s in dataset.shards(split) if s.format.startswith(fmt)]
-    batch = min(_BATCH, rows or _BATCH)
-    ds = make_dataset(reader.prepare(shards), fmt, spec, batch_size=batch, repeat=False,
+    batch = min(batch_size, rows or batch_size)
+    ds = make_dataset(reader.prepare(shards), fmt, spec, batch_size=batch, **{"repeat": False, **stream},
                       compressed=any(s.format.endswith(".gz") for s in shards))
-    return ds.take(math.ceil(rows / batch)).unbatch().take(rows).batch(batch) if rows else ds
+    if not rows:
+        return ds
+    # Whole batches, the last one cut to size: the first ``rows`` rows exactly, without unbatching.
+    return ds.take(math.ceil(rows / batch)).enumerate().map(
+        lambda i, batch_: tf.nest.map_structure(lambda t: t[:rows - tf.cast(i, tf.int32) * batch], batch_))
 
 
 def predict_logits(model: tf_keras.Model) -> Callable[[dict[str, Any]], np.ndarray]:

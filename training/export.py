@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 import zlib
 from collections.abc import Callable, Mapping, Sequence
@@ -24,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from shardflow.storage import CheckpointStore, open_dataset
-from shardflow.storage.commit import temp_token
+from shardflow.storage.commit import require_new_dir, staged_dir
 from shardflow.storage.urls import is_local, redact_url, resolve
 
 from . import quiet_native_stderr
@@ -32,7 +31,7 @@ from ._tf import tf, tf_keras
 from .compress import compressed_model, fine_tune, prune_model
 from .encoding import encode_rows, encoding_spec
 from .evaluation import predict_logits, read_rows, split_data
-from .inputs import InputSpec, ShardReader, make_dataset
+from .inputs import InputSpec, ShardReader
 from .model import is_builtin
 from .report import classification_metrics
 from .state import LoadedCheckpoint
@@ -59,53 +58,30 @@ def write_saved_model(model: tf_keras.Model, spec: InputSpec, directory: str) ->
     tf.saved_model.save(model, directory, signatures={"serving_default": serve})
 
 
-def _publish(staged: str, url: str, *, step: int, storage_options: Mapping[str, Any] | None,
-             metadata: Mapping[str, Any], local_target: str, replace: bool) -> str:
-    """Put the finished directory ``staged`` at ``local_target`` (local) or commit it under ``url``.
-
-    Locally, an existing ``local_target`` is replaced only if ``replace`` (a re-export of the
-    same step); otherwise it must be an empty directory still.
-    """
-    fs, _ = resolve(url, storage_options)
-    if is_local(fs):
-        if os.path.isdir(local_target) and not os.listdir(local_target):
-            os.rmdir(local_target)
-        elif os.path.exists(local_target):
-            if not replace:
-                raise FileExistsError(f"{local_target}: appeared while exporting; the export was not written.")
-            shutil.rmtree(local_target)
-        os.replace(staged, local_target)
+def _publish(write: Callable[[str], None], url: str, *, step: int, local_target: str, replace: bool,
+             storage_options: Mapping[str, Any] | None, metadata: Mapping[str, Any]) -> str:
+    """Run ``write(directory)`` into a staging directory and publish it whole: renamed to
+    ``local_target`` on local disk (see :func:`staged_dir` for ``replace``), committed as the
+    entry of ``step`` of ``CheckpointStore(url)`` on object storage. Returns where it went."""
+    if is_local(resolve(url, storage_options)[0]):
+        with staged_dir(local_target, replace=replace) as staged:
+            write(staged)
         return local_target
-    store = CheckpointStore(url, storage_options=storage_options)
-    return store.url_of(store.publish(staged, step, metadata=dict(metadata)))
-
-
-def _staging(url: str, storage_options: Mapping[str, Any] | None) -> tuple[str, str | None]:
-    """A fresh local staging directory; beside the target on local disk (so the rename stays on one filesystem)."""
-    fs, root = resolve(url, storage_options)
-    if is_local(fs):
-        parent = os.path.dirname(os.path.abspath(root.rstrip("/"))) or "."
-        os.makedirs(parent, exist_ok=True)
-        staged = os.path.join(parent, f".tmp-{temp_token()}")
-        os.makedirs(staged)
-        return staged, root
-    return tempfile.mkdtemp(prefix="shardflow-export-"), None
+    with tempfile.TemporaryDirectory(prefix="shardflow-export-") as staged:
+        write(staged)
+        store = CheckpointStore(url, storage_options=storage_options)
+        return store.url_of(store.publish(staged, step, metadata=dict(metadata)))
 
 
 def export_saved_model(plain: tf_keras.Model, spec: InputSpec, url: str, *, step: int,
                        storage_options: Mapping[str, Any] | None = None) -> str:
     """The float SavedModel of ``step`` under ``url`` (what ``shardflow train`` ends with);
-    returns where it can be loaded from: ``<url>/<step>`` locally, a committed entry of
-    ``CheckpointStore(url)`` on object storage."""
-    fs, root = resolve(url, storage_options)
-    target = os.path.join(root, f"{step:012d}") if is_local(fs) else ""
-    staged, _ = _staging(target or url, storage_options)
-    try:
-        write_saved_model(plain, spec, staged)
-        return _publish(staged, url, step=step, storage_options=storage_options, metadata={"kind": "saved_model"},
-                        local_target=target, replace=True)
-    finally:
-        shutil.rmtree(staged, ignore_errors=True)
+    returns where it can be loaded from: ``<url>/<step>`` locally (a re-export replaces it), a
+    committed entry of ``CheckpointStore(url)`` on object storage."""
+    root = resolve(url, storage_options)[1]
+    return _publish(lambda directory: write_saved_model(plain, spec, directory), url, step=step,
+                    local_target=os.path.join(root, f"{step:012d}"), replace=True, storage_options=storage_options,
+                    metadata={"kind": "saved_model"})
 
 
 @dataclass
@@ -201,8 +177,8 @@ def check_export_arguments(dest: str, *, formats: Sequence[str], quantize: Seque
     if fine_tune_steps and prune is None:
         raise ValueError("Invalid value for `--fine-tune-steps`: fine-tuning follows pruning; give --prune too.")
     fs, root = resolve(dest, storage_options)
-    if is_local(fs) and os.path.exists(root) and (not os.path.isdir(root) or os.listdir(root)):
-        raise FileExistsError(f"{dest}: already exists and is not an empty directory; export into a new one.")
+    if is_local(fs):
+        require_new_dir(root)
 
 
 def check_export_request(loaded: LoadedCheckpoint, dest: str, *, formats: Sequence[str], quantize: Sequence[str],
@@ -220,19 +196,13 @@ def check_export_request(loaded: LoadedCheckpoint, dest: str, *, formats: Sequen
         raise FileExistsError(f"{redact_url(dest)}: step {loaded.record.step} is already exported there.")
 
 
-def _scoring_dataset(loaded: LoadedCheckpoint, data: str | None, split: str,
-                     storage_options: Mapping[str, Any] | None) -> Any:
-    url = data or loaded.record.metadata["dataset"]["url"]
+def _scoring_dataset(loaded: LoadedCheckpoint, data: str | None, storage_options: Mapping[str, Any] | None) -> Any:
     try:
-        dataset = open_dataset(url, storage_options=storage_options)
+        return open_dataset(data or loaded.record.metadata["dataset"]["url"], storage_options=storage_options)
     except (OSError, ValueError) as e:
         if data:
             raise
         raise ValueError(f"{e} (the dataset the checkpoint was trained on; name another with --data)") from e
-    if split not in dataset.manifest.splits():
-        raise ValueError(f"Invalid value for `--split`: {split!r}. {redact_url(url)} has "
-                         f"{sorted(dataset.manifest.splits())}.")
-    return dataset
 
 
 def export_checkpoint(loaded: LoadedCheckpoint, dest: str, *, formats: Sequence[str] = ("saved_model",),
@@ -244,14 +214,15 @@ def export_checkpoint(loaded: LoadedCheckpoint, dest: str, *, formats: Sequence[
 
     Args:
         data: The dataset to score on (default: the one the checkpoint was trained on).
-        prune: Target sparsity; the artifacts (but the float SavedModel) are then made from a pruned copy.
+        prune: Target sparsity; the artifacts (but the float SavedModel) are then made from the
+            checkpoint's model pruned in place.
         fine_tune_steps: Train steps on the train split after pruning, pruned weights held at zero.
         work_dir: Local scratch space (shard cache), removed by the caller.
     """
     check_export_request(loaded, dest, formats=formats, quantize=quantize, prune=prune, fine_tune_steps=fine_tune_steps,
                          storage_options=storage_options)
     say = progress or (lambda message: None)
-    dataset = _scoring_dataset(loaded, data, split, storage_options)
+    dataset = _scoring_dataset(loaded, data, storage_options)
     reader = ShardReader(dataset, loaded.spec, cache_dir=os.path.join(work_dir, "cache"), cache_bytes=64 << 30)
     say(f"reading {eval_rows or 'all'} rows of the {split} split")
     columns, labels = read_rows(split_data(dataset, loaded.spec, reader, split=split, rows=eval_rows))
@@ -262,50 +233,46 @@ def export_checkpoint(loaded: LoadedCheckpoint, dest: str, *, formats: Sequence[
                           dataset=redact_url(dataset.url), split=split, rows=len(labels), checkpoint_auc=base["auc"],
                           checkpoint_log_loss=base["loss"])
     encoding = encoding_spec(loaded.spec, loaded.config.model) if is_builtin(loaded.config.model) else None
-    staged, local_target = _staging(dest, storage_options)
-    try:
-        plan = _plan(formats, quantize, pruned=prune is not None)
-        for name, fmt, variant in plan:
+
+    def write(staged: str) -> None:
+        for name, fmt, variant in _plan(formats, quantize, pruned=prune is not None):
             if name.startswith("pruned/") and report.pruning is None:
                 report.pruning = _prune(loaded, dataset, reader, prune, fine_tune_steps, say)  # type: ignore[arg-type]
             say(f"exporting {name}")
             path = os.path.join(staged, *name.split("/"))
             os.makedirs(os.path.dirname(path), exist_ok=True)
             if fmt == "saved_model":
-                with quiet_native_stderr():
+                with quiet_native_stderr():  # oneDNN's note on float16 without AVX-512
                     chosen = model if variant == "float32" else compressed_model(model, loaded.spec, loaded.config,
                                                                                  variant)
-                with quiet_native_stderr():  # oneDNN's note on float16 without AVX-512
                     write_saved_model(chosen, loaded.spec, path)
                     logits = _batched(_saved_model_logits(path), columns)
             else:
                 with open(path, "wb") as f:
                     f.write(convert(model, variant, _calibration(dataset, loaded, reader, encoding)))
-                with quiet_native_stderr():  # the XNNPACK delegate's note
-                    logits = TFLiteModel(path).logits(encode_rows(columns, encoding))
-            report.artifacts.append(_score(name, fmt, path, logits, labels, reference, base, report.artifacts))
+                logits = TFLiteModel(path).logits(encode_rows(columns, encoding))
+            baseline = report.artifacts[0] if report.artifacts else None  # the float SavedModel comes first
+            report.artifacts.append(_score(name, fmt, path, logits, labels, reference, base, baseline))
         if encoding is not None and "tflite" in formats:
             with open(os.path.join(staged, "encoding.json"), "w") as f:
                 json.dump(encoding, f, indent=2)
         with open(os.path.join(staged, "report.json"), "w") as f:
             f.write(report.to_json(with_location=False))
-        report.location = _publish(staged, dest, step=loaded.record.step, storage_options=storage_options,
-                                   metadata={"kind": "export"}, local_target=local_target or "", replace=False)
-    finally:
-        shutil.rmtree(staged, ignore_errors=True)
+
+    report.location = _publish(write, dest, step=loaded.record.step, local_target=resolve(dest, storage_options)[1],
+                               replace=False, storage_options=storage_options, metadata={"kind": "export"})
     return report
 
 
 def _score(name: str, fmt: str, path: str, logits: np.ndarray, labels: np.ndarray, reference: np.ndarray,
-           base: Mapping[str, float], earlier: Sequence[Artifact]) -> Artifact:
+           base: Mapping[str, float], baseline: Artifact | None) -> Artifact:
+    """``name``'s sizes and metrics, against ``baseline`` (the float SavedModel; None: this is it)."""
     size, packed = _sizes(path)
-    float_model = earlier[0] if earlier else None  # the float SavedModel is always first
     metrics = classification_metrics(labels, logits)
     dprob = np.abs(1.0 / (1.0 + np.exp(-logits)) - 1.0 / (1.0 + np.exp(-reference)))
-    float_bytes = float_model.bytes if float_model else size
+    float_bytes, float_packed = (baseline.bytes, baseline.gzip_bytes) if baseline else (size, packed)
     return Artifact(name=name, format=fmt, path=name, bytes=size, gzip_bytes=packed, of_float=size / float_bytes,
-                    ratio=float_bytes / size,
-                    gzip_ratio=(float_model.gzip_bytes if float_model else packed) / packed,
+                    ratio=float_bytes / size, gzip_ratio=float_packed / packed,
                     auc=metrics["auc"], log_loss=metrics["loss"], auc_change=metrics["auc"] - base["auc"],
                     max_abs_dprob=float(dprob.max()))
 
@@ -345,13 +312,9 @@ def _prune(loaded: LoadedCheckpoint, dataset: Any, reader: ShardReader, sparsity
     if steps:
         if loaded.optimizer is None:
             raise ValueError("Fine-tuning needs the checkpoint's optimizer state (load it with_optimizer=True).")
-        train = _train_split(dataset)
-        shards = [s for s in dataset.shards(train) if s.format.startswith("tfrecord")] or \
-            [s for s in dataset.shards(train) if s.format == "parquet"]
-        fmt = "tfrecord" if shards[0].format.startswith("tfrecord") else "parquet"
-        data = make_dataset(reader.prepare(shards), fmt, loaded.spec, batch_size=loaded.config.batch_size,
-                            shuffle_buffer=loaded.config.shuffle_buffer, seed=loaded.config.seed + 1,
-                            compressed=any(s.format.endswith(".gz") for s in shards))
+        config = loaded.config
+        data = split_data(dataset, loaded.spec, reader, split=_train_split(dataset), batch_size=config.batch_size,
+                          shuffle_buffer=config.shuffle_buffer, seed=config.seed + 1, repeat=True)
         say(f"fine-tuning {steps} steps")
         info["fine_tune_loss"] = fine_tune(loaded.model, loaded.optimizer, pruned["masks"], data, steps)
     return info

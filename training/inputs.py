@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 
 from shardflow.storage import Dataset, Shard, ShardCache
 from shardflow.storage.commit import temp_token
-from shardflow.storage.urls import is_local
+from shardflow.storage.urls import is_local, redact_url
 
 from ._tf import tf
 
@@ -84,7 +84,8 @@ def choose_format(dataset: Dataset, split: str, wanted: str) -> str:
     """``"tfrecord"`` or ``"parquet"``: the format to read ``split`` in (``auto`` prefers TFRecord)."""
     have = {"tfrecord" if s.format.startswith("tfrecord") else s.format for s in dataset.shards(split)}
     if not have:
-        raise ValueError(f"{dataset.url} has no shards in split {split!r}; it has {sorted(dataset.manifest.splits())}.")
+        raise ValueError(f"{redact_url(dataset.url)} has no shards in split {split!r}; it has "
+                         f"{sorted(dataset.manifest.splits())}.")
     if wanted == "auto":
         return "tfrecord" if "tfrecord" in have else "parquet" if "parquet" in have else sorted(have)[0]
     if wanted not in have:

@@ -21,8 +21,8 @@ from ._tf import tf, tf_keras
 from .config import ModelConfig
 from .inputs import InputSpec
 
-__all__ = ["CORE", "build_model", "ctr_core", "hash_ids", "is_builtin", "FillMissing", "HashIds", "SignedLog",
-           "SumColumns", "UniqueEmbedding"]
+__all__ = ["CORE", "build_model", "ctr_core", "fill_missing", "hash_ids", "is_builtin", "signed_log", "FillMissing",
+           "HashIds", "SignedLog", "SumColumns", "UniqueEmbedding"]
 
 CORE = "core"  # the name of the built-in model's core (ids and numbers in, logit out)
 EmbeddingFactory = Callable[..., tf_keras.layers.Layer]  # (input_dim, output_dim, name=...) -> layer
@@ -35,6 +35,19 @@ def hash_ids(columns: Sequence[str], values: Sequence[tf.Tensor], buckets: int) 
     ids = [tf.strings.to_hash_bucket_fast(tf.strings.join([f"{c}=", x if x.dtype == tf.string else tf.strings.as_string(x)]),
                                           buckets) for c, x in zip(columns, values)]
     return tf.stack(ids, axis=1)
+
+
+def fill_missing(values: Sequence[tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
+    """Numeric columns (nulls read as NaN) to ``[rows, columns]`` values with nulls (and
+    infinities) as 0, and float missing flags (1 where null)."""
+    x = tf.stack([tf.cast(v, tf.float32) for v in values], axis=1)
+    present = tf.math.is_finite(x)
+    return tf.where(present, x, tf.zeros_like(x)), 1.0 - tf.cast(present, tf.float32)
+
+
+def signed_log(x: tf.Tensor) -> tf.Tensor:
+    """Heavy-tailed counts to a tame scale, ``sign(x) * log(1 + |x|)``."""
+    return tf.sign(x) * tf.math.log(1.0 + tf.abs(x))
 
 
 @tf_keras.utils.register_keras_serializable("shardflow")
@@ -55,20 +68,18 @@ class HashIds(tf_keras.layers.Layer):
 
 @tf_keras.utils.register_keras_serializable("shardflow")
 class FillMissing(tf_keras.layers.Layer):
-    """Numeric columns (nulls read as NaN) to ``[values with nulls as 0, missing flags]``, each ``[rows, columns]``."""
+    """Numeric columns to ``[values, missing flags]`` (:func:`fill_missing`)."""
 
     def call(self, inputs: list[tf.Tensor]) -> list[tf.Tensor]:
-        x = tf.stack([tf.cast(v, tf.float32) for v in inputs], axis=1)
-        present = tf.math.is_finite(x)
-        return [tf.where(present, x, tf.zeros_like(x)), 1.0 - tf.cast(present, tf.float32)]
+        return list(fill_missing(inputs))
 
 
 @tf_keras.utils.register_keras_serializable("shardflow")
 class SignedLog(tf_keras.layers.Layer):
-    """Heavy-tailed counts to a tame scale, ``sign(x) * log(1 + |x|)``."""
+    """:func:`signed_log` as a layer."""
 
     def call(self, inputs: tf.Tensor) -> tf.Tensor:
-        return tf.sign(inputs) * tf.math.log(1.0 + tf.abs(inputs))
+        return signed_log(inputs)
 
 
 @tf_keras.utils.register_keras_serializable("shardflow")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -94,8 +95,6 @@ def read_into(checkpoint: tf.train.Checkpoint, directory: str, *, what: str, par
 
 def plain_copy(trained: tf_keras.Model, spec: InputSpec, config: TrainConfig) -> tf_keras.Model:
     """The same model with ordinary variables (a trained model's may be sharded across ps tasks)."""
-    import tempfile
-
     with tf.distribute.get_strategy().scope():  # the default strategy: ordinary variables
         plain = build_model(spec, config.model)
     with tempfile.TemporaryDirectory(prefix="shardflow-unshard-") as tmp:
@@ -113,7 +112,6 @@ class LoadedCheckpoint:
     config: TrainConfig
     record: Checkpoint
     url: str  # of the checkpoint's files
-    directory: str  # local files of the checkpoint (verified)
     optimizer: tf_keras.optimizers.Optimizer | None = None
 
 
@@ -153,6 +151,5 @@ def load_checkpoint(url: str, *, step: int | None = None, local_dir: str,
     parts = {"model": model, **({"optimizer": optimizer} if optimizer is not None else {})}
     read_into(tf.train.Checkpoint(**parts), directory, what=where, partial=True)
     return LoadedCheckpoint(model=model, spec=spec, config=config, record=record, url=store.url_of(record),
-                            directory=directory,
                             optimizer=optimizer)
 

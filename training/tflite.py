@@ -47,7 +47,7 @@ def convert(model: tf_keras.Model, variant: Variant,
     elif variant == "int8":
         if representative is None:
             raise ValueError("A full int8 TFLite model needs representative rows to calibrate on.")
-        converter.representative_dataset = lambda: ({k: v for k, v in batch.items()} for batch in representative())
+        converter.representative_dataset = representative
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     with warnings.catch_warnings(), quiet_native_stderr():  # "tf.lite is moving to LiteRT" (DESIGN.md fact 9)
         warnings.simplefilter("ignore")
@@ -58,12 +58,13 @@ class TFLiteModel:
     """A TFLite core loaded in the plain ``tf.lite.Interpreter``: encoded rows to logits."""
 
     def __init__(self, path: str) -> None:
-        with warnings.catch_warnings(), quiet_native_stderr():  # the XNNPACK delegate's note
-            warnings.simplefilter("ignore")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "tf.lite is moving to LiteRT"
             self.interpreter = tf.lite.Interpreter(model_path=path)
-            self.runner = self.interpreter.get_signature_runner()
+        self.runner = self.interpreter.get_signature_runner()
 
     def logits(self, inputs: Mapping[str, np.ndarray], batch: int = 4096) -> np.ndarray:
         rows = len(next(iter(inputs.values())))
-        out = [self.runner(**{k: v[i:i + batch] for k, v in inputs.items()})["logit"] for i in range(0, rows, batch)]
+        with quiet_native_stderr():  # the XNNPACK delegate's note, at the first run
+            out = [self.runner(**{k: v[i:i + batch] for k, v in inputs.items()})["logit"] for i in range(0, rows, batch)]
         return np.concatenate(out).astype(np.float64)

@@ -28,7 +28,7 @@ import yaml
 from shardflow.storage import CheckpointStore, open_dataset
 from shardflow.storage.urls import redact_url, scrub
 
-from ._tf import tf, tf_keras
+from ._tf import tf
 from .checkpointing import CheckpointStats, CheckpointWriter, restore
 from .config import TrainConfig
 from .evaluation import evaluate_model, predict_logits, split_data
@@ -130,7 +130,8 @@ def train(config: TrainConfig, *, cluster: ClusterSpec | None = None, progress: 
     local_checkpoints = os.path.join(config.run_dir, "checkpoints-local")
     restored = _resume(checkpoint, store, workers=workers, local_dir=os.path.join(local_checkpoints, "restored"))
     start_step = int(optimizer.iterations.numpy())
-    summary = TrainSummary(strategy=strategy_name, start_step=start_step, steps=start_step, sharded=_sharded_variables(model),
+    layout = checkpoint_layout(checkpoint)
+    summary = TrainSummary(strategy=strategy_name, start_step=start_step, steps=start_step, sharded=_sharded(layout),
                            resumed_from=restored.step if restored else None, optimum_auc=synth_optimum(dataset))
 
     reader = ShardReader(dataset, spec, cache_dir=config.resolved_cache_dir(), cache_bytes=config.cache_bytes)
@@ -192,13 +193,14 @@ def train(config: TrainConfig, *, cluster: ClusterSpec | None = None, progress: 
     report("start", start_step=start_step, total_steps=total_steps, strategy=strategy_name, workers=workers,
            resumed_from=summary.resumed_from, format=fmt)
     recorded = _recorded_settings(config, dataset, spec, workers=workers, ps=cluster.ps if ps_mode and cluster else 0,
-                                  layout=checkpoint_layout(checkpoint), sharded=summary.sharded)
+                                  layout=layout, sharded=summary.sharded)
 
     def state(at: int) -> dict[str, Any]:
         """Noted in each checkpoint's record: where every worker's input stood, what training
         knew then (last loss, an evaluation at that step), what it was built from."""
         consumed = positions.numpy().tolist()
-        evaluation = next((e for e in summary.evaluations if e["step"] == at), None)
+        last = summary.evaluations[-1] if summary.evaluations else None
+        evaluation = last if last and last["step"] == at else None  # evaluations run before saves
         return {**recorded, "batches_consumed": consumed, "examples": sum(consumed) * config.batch_size,
                 "train_loss": summary.history[-1]["loss"] if summary.history else None,
                 "eval": {k: v for k, v in evaluation.items() if k != "step"} if evaluation else None}
@@ -352,12 +354,10 @@ def timed_steps(k: int, step: Callable[..., tf.Tensor]) -> Any:
     return run
 
 
-def _sharded_variables(model: tf_keras.Model) -> dict[str, int]:
-    """Variables split across parameter servers (by the ``variable_partitioner``), with their shard counts."""
-    sharded = tf.__internal__.distribute.ShardedVariable  # the only public name for the type
-    return {f"{layer.name}/{attribute}": len(value.variables) for layer in model.submodules
-            if isinstance(layer, tf_keras.layers.Layer) for attribute, value in vars(layer).items()
-            if isinstance(value, sharded)}
+def _sharded(layout: dict[str, dict[str, Any]]) -> dict[str, int]:
+    """The model's variables split across parameter servers (by the ``variable_partitioner``),
+    by name, with their shard counts (optimizer slots follow their variables)."""
+    return {v["name"]: v["shards"] for key, v in layout.items() if key.startswith("model/") and v["shards"] > 1}
 
 
 def _recorded_settings(config: TrainConfig, dataset: Any, spec: InputSpec, *, workers: int, ps: int,

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import tempfile
 from collections.abc import Iterator
 from typing import Annotated, Any, Optional
@@ -42,11 +41,6 @@ def _scratch() -> Iterator[str]:
         yield tmp
 
 
-def _fresh_destination(dest: str) -> None:
-    if os.path.exists(dest) and (not os.path.isdir(dest) or os.listdir(dest)):
-        raise FileExistsError(f"{dest}: already exists and is not an empty directory; choose a new one.")
-
-
 def checkpoint_rows(store: CheckpointStore) -> list[dict[str, Any]]:
     """One entry per checkpoint, committed or not, ascending by step."""
     committed = store.list()
@@ -59,8 +53,8 @@ def checkpoint_rows(store: CheckpointStore) -> list[dict[str, Any]]:
                      "train_loss": meta.get("train_loss"), "eval": meta.get("eval"), "examples": meta.get("examples"),
                      "dataset": meta.get("dataset"), "workers": meta.get("workers"), "ps": meta.get("ps"),
                      "url": redact_url(store.url_of(c))})
-    for step, directories in store.uncommitted().items():
-        size = sum(int(store.fs.du(f"{store.root}/{d}")) for d in directories)
+    for step, directories in store.uncommitted(committed).items():
+        size = sum(store.directory_bytes(d) for d in directories)
         rows.append({"step": step, "created": None, "bytes": size, "committed": False, "latest": False,
                      "promoted": False, "train_loss": None, "eval": None, "examples": None, "dataset": None,
                      "workers": None, "ps": None, "url": redact_url(f"{store.url}/{directories[0]}")})
@@ -156,22 +150,16 @@ def show_command(url: Url, step: Step = None, as_json: Json = False, storage_opt
 def download_command(url: Url, dest: Annotated[str, typer.Argument(help="A new local directory.", metavar="DEST")],
                      step: Step = None, as_json: Json = False, storage_option: StorageOption = None) -> None:
     """Copy a checkpoint's files to DEST, each verified; then tf.train.load_checkpoint(DEST) works."""
-    from shardflow.storage.commit import temp_token
+    from shardflow.storage.commit import require_new_dir, staged_dir
 
     store = _store(url, storage_option)
     record = store.find(step)
-    _fresh_destination(dest)
-    staged = os.path.join(os.path.dirname(os.path.abspath(dest)), f".tmp-{temp_token()}")
-    try:
-        with Progress(TextColumn("[bold]download"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                      TimeRemainingColumn(), console=err, transient=True) as bar:
-            task = bar.add_task("bytes", total=record.bytes)
-            store.copy(record, staged, on_bytes=lambda n: bar.advance(task, n))
-        if os.path.isdir(dest):
-            os.rmdir(dest)
-        os.replace(staged, dest)
-    finally:
-        shutil.rmtree(staged, ignore_errors=True)
+    require_new_dir(dest)
+    with staged_dir(dest) as staged, Progress(TextColumn("[bold]download"), BarColumn(), DownloadColumn(),
+                                              TransferSpeedColumn(), TimeRemainingColumn(), console=err,
+                                              transient=True) as bar:
+        task = bar.add_task("bytes", total=record.bytes)
+        store.copy(record, staged, on_bytes=lambda n: bar.advance(task, n))
     if as_json:
         _print_json({"step": record.step, "url": redact_url(store.url_of(record)), "dest": dest,
                      "files": len(record.files), "bytes": record.bytes, "verified": True})
@@ -204,10 +192,7 @@ def evaluate_command(
     from shardflow.training.evaluation import evaluate_model, predict_logits, split_data
     from shardflow.training.inputs import ShardReader
 
-    options = parse_storage_options(storage_option or [])
-    dataset = open_dataset(data, storage_options=options)
-    if split not in dataset.manifest.splits():
-        raise ValueError(f"Invalid value for `--split`: {split!r}. {redact_url(data)} has {sorted(dataset.manifest.splits())}.")
+    dataset = open_dataset(data, storage_options=parse_storage_options(storage_option or []))
     with _scratch() as tmp:
         loaded = _load(url, step, storage_option, tmp)
         reader = ShardReader(dataset, loaded.spec, cache_dir=os.path.join(tmp, "cache"), cache_bytes=64 << 30)
@@ -276,14 +261,13 @@ def export_command(
     storage_option: StorageOption = None,
 ) -> None:
     """Export a checkpoint's model (SavedModel, compressed SavedModel, TFLite) and score each artifact."""
-    from shardflow.training.export import check_export_arguments, check_export_request, export_checkpoint
+    from shardflow.training.export import check_export_arguments, export_checkpoint
 
     options = parse_storage_options(storage_option or [])
     kwargs = {"formats": _list(formats), "quantize": _list(quantize), "prune": prune}
     check_export_arguments(dest, **kwargs, fine_tune_steps=fine_tune_steps, storage_options=options)  # before fetching
     with _scratch() as tmp:
         loaded = _load(url, step, storage_option, tmp, with_optimizer=bool(fine_tune_steps))
-        check_export_request(loaded, dest, **kwargs, fine_tune_steps=fine_tune_steps, storage_options=options)
         with Progress(TextColumn("[bold]export"), TextColumn("{task.description}"), console=err, transient=True) as bar:
             task = bar.add_task("restoring")
             report = export_checkpoint(loaded, dest, **kwargs, fine_tune_steps=fine_tune_steps, data=data, split=split,
