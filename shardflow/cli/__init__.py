@@ -13,9 +13,12 @@ from shardflow.storage import ShardflowError
 from shardflow.storage.urls import redact_text
 
 from .checkpoints import checkpoints_app
+from .cluster import cluster_app
 from .common import CommandFailed, err
 from .data import data_app
 from .pipeline import pipeline_app
+from .retrain import retrain_command
+from .schedule import schedule_command
 from .train import train_command, train_server_command
 
 __all__ = ["app", "main"]
@@ -27,6 +30,9 @@ app.add_typer(pipeline_app, name="pipeline")
 app.command("train")(train_command)
 app.command("train-server")(train_server_command)
 app.add_typer(checkpoints_app, name="checkpoints")
+app.command("retrain")(retrain_command)
+app.command("schedule")(schedule_command)
+app.add_typer(cluster_app, name="cluster")
 
 
 @app.callback()
