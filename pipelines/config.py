@@ -79,6 +79,11 @@ class PipelineConfig(StrictModel):
     shards: int | None = Field(None, gt=0, description="shards of the largest split")
     rows_per_shard: int | None = Field(None, gt=0)
     bytes_per_shard: int | None = Field(None, gt=0)
+    # A `key=value/` partition column of the input (`day`): shards are then written per value,
+    # under the same `key=value/` directory, so a job can read, replay or drop a partition alone.
+    partition_by: str | None = None
+    partitions: list[str] | None = None  # read only these values of `partition_by`
+    append: bool = False  # add the shards to the dataset's current version instead of replacing it
     split: SplitConfig = SplitConfig()
     augment: AugmentConfig = AugmentConfig()
     seed: int = Field(0, ge=0)
@@ -121,6 +126,12 @@ class PipelineConfig(StrictModel):
         given = [n for n in ("shards", "rows_per_shard", "bytes_per_shard") if getattr(self, n) is not None]
         if len(given) > 1:
             raise ValueError(f"give one of shards, rows_per_shard, bytes_per_shard, not {given}")
+        return self
+
+    @model_validator(mode="after")
+    def _partitions_need_a_column(self) -> PipelineConfig:
+        if self.partitions is not None and not self.partition_by:
+            raise ValueError("`partitions` selects values of `partition_by`; set `partition_by` too")
         return self
 
     def arrow_schema(self) -> pa.Schema | None:

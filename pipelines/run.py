@@ -15,7 +15,7 @@ from shardflow.storage.urls import join_url
 from .config import PipelineConfig
 from .engines import get_engine
 from .sources import BAD_ROW_SCHEMA
-from .stages import make_plan, read_bad_rows, remove_staging
+from .stages import Plan, make_plan, read_bad_rows, remove_staging
 
 __all__ = ["run_pipeline", "RunSummary", "DEAD_LETTER_DIR"]
 
@@ -60,6 +60,7 @@ def run_pipeline(config: PipelineConfig, *, progress: Callable[..., None] | None
     recorded = _recorded_config(config)
     try:
         with DatasetWriter(config.output, name="shardflow pipeline run", params=recorded,
+                           mode="append" if config.append else "overwrite",
                            storage_options=config.storage_options) as writer:
             maps, records = get_engine(config.engine)().run(plan, report)
             summary = RunSummary(manifest=None, rows_read=sum(m.rows_read for m in maps),
@@ -88,11 +89,21 @@ def run_pipeline(config: PipelineConfig, *, progress: Callable[..., None] | None
                 "augment": config.augment.model_dump(mode="json"), "split": config.split.model_dump(mode="json"),
             }}
             summary.manifest = writer.commit(schema=plan.output_schema, metadata=metadata,
-                                             inputs=[i.url for i in plan.inputs[:1000]])
+                                             inputs=[i.url for i in plan.inputs[:1000]],
+                                             partitions=_input_partitions(plan))
     finally:
         remove_staging(plan)
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _input_partitions(plan: Plan) -> dict[str, list[str]]:
+    """The ``key=value/`` partitions this run read: what its version adds, in the lineage."""
+    values: dict[str, set[str]] = {}
+    for source in plan.inputs:
+        for key, value in source.partition.items():
+            values.setdefault(key, set()).add(value)
+    return {key: sorted(v) for key, v in sorted(values.items())}
 
 
 def _commit_dead_letters(config: PipelineConfig, bad: Any) -> str:

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from shardflow.storage import publish_shard, resolve
 from shardflow.storage.tfrecord import write_tfrecords
-from shardflow.storage.urls import is_local, join_url, translate_errors
+from shardflow.storage.urls import is_local, join_url, redact_url, translate_errors
 
 from .config import PipelineConfig
 from .records import COPY_COLUMN, assign_split, augment, content_hash, mix, row_identity
@@ -44,12 +44,38 @@ class Plan:
     inputs: tuple[InputFile, ...]
     schema: pa.Schema  # the input schema, enforced on every file
     output_schema: pa.Schema
-    shards: dict[str, int]  # split -> shard count
+    # Output partitions in shard order, each with its split -> shard count: shard numbers run
+    # over all of them, so engines see one flat list of shards. One ``{}`` partition unless
+    # ``partition_by`` is set.
+    layout: tuple[tuple[dict[str, str], dict[str, int]], ...]
     staging: str  # URL of this run's scratch directory
 
     @property
     def splits(self) -> list[str]:
         return list(self.config.split.fractions())
+
+    @property
+    def shards(self) -> dict[str, int]:
+        """Split -> shard count over every partition."""
+        return {s: sum(counts.get(s, 0) for _, counts in self.layout) for s in self.splits}
+
+    def shard_range(self, source: InputFile, split: str) -> tuple[int, int]:
+        """``(first shard, count)`` of ``split`` in the output partition ``source`` goes to."""
+        column = self.config.partition_by
+        first = 0
+        for partition, counts in self.layout:
+            if not column or partition[column] == source.partition[column]:
+                return first, counts[split]
+            first += counts[split]
+        raise ValueError(f"{source.url}: not in any planned partition")  # make_plan grouped every input
+
+    def partition_of(self, split: str, shard: int) -> dict[str, str]:
+        """The output partition that shard ``shard`` of ``split`` belongs to."""
+        for partition, counts in self.layout:
+            if shard < counts[split]:
+                return partition
+            shard -= counts[split]
+        raise IndexError(shard)
 
 
 @dataclass
@@ -107,20 +133,54 @@ def make_plan(config: PipelineConfig, run_token: str) -> Plan:
     for role, name in (("label", config.label), ("split.key", config.split.key)):
         if name is not None and name not in schema.names:
             raise ValueError(f"Invalid value for `{role}`: {name!r}. Columns are {schema.names}.")
-    known = all(i.rows is not None for i in inputs)  # a committed dataset: its manifest has the counts
-    if known and not config.bytes_per_shard:
-        rows, bytes_per_row = float(sum(i.rows for i in inputs)), 0.0
-    else:  # estimate from the first file: its rows (and their in-memory size) per byte of input
-        first = read_input(inputs[0], schema=schema, batch_rows=config.batch_rows, storage_options=options)
-        first_rows = sum(b.num_rows for _, b in first.batches)
-        bytes_per_row = sum(b.nbytes for _, b in first.batches) / max(first_rows, 1)
-        fs, _ = resolve(inputs[0].url, options)
-        sizes = [i.bytes if i.bytes is not None else fs.size(resolve(i.url, options)[1]) for i in inputs]
-        rows = first_rows * sum(sizes) / max(sizes[0], 1)
+    groups = _partition_groups(config, inputs)
+    inputs = [i for _, group in groups for i in group]
+    rows_of, bytes_per_row = _row_counts(config, inputs, schema)
     output_schema = schema.append(pa.field(COPY_COLUMN, pa.int32(), nullable=False)) if config.augment.enabled else schema
-    return Plan(config=config, inputs=tuple(inputs), schema=schema, output_schema=output_schema,
-                shards=_shard_counts(config, rows, bytes_per_row),
+    layout = tuple((partition, _shard_counts(config, sum(rows_of[i.url] for i in group), bytes_per_row))
+                   for partition, group in groups)
+    return Plan(config=config, inputs=tuple(inputs), schema=schema, output_schema=output_schema, layout=layout,
                 staging=join_url(config.output, "_staging", f"run-{run_token}"))
+
+
+def _partition_groups(config: PipelineConfig, inputs: list[InputFile]) -> list[tuple[dict[str, str], list[InputFile]]]:
+    """The inputs grouped by output partition (one group when ``partition_by`` is not set),
+    keeping only the ``partitions`` asked for.
+
+    Raises:
+        ValueError: an input outside any ``partition_by=value/`` directory, or a value asked for
+            that no input has, naming it.
+    """
+    column = config.partition_by
+    if not column:
+        return [({}, inputs)]
+    groups: dict[str, list[InputFile]] = {}
+    for source in inputs:
+        if column not in source.partition:
+            found = ", ".join(sorted(source.partition)) or "none"
+            raise ValueError(f"Invalid value for `partition_by`: {column!r}. {redact_url(source.url)} is not under a "
+                             f"`{column}=VALUE/` directory (its partition columns: {found}).")
+        groups.setdefault(source.partition[column], []).append(source)
+    wanted = sorted(groups) if config.partitions is None else sorted(set(config.partitions))
+    missing = [v for v in wanted if v not in groups]
+    if missing:
+        raise ValueError(f"Invalid value for `partitions`: {missing[0]!r}. The input has no `{column}={missing[0]}/` "
+                         f"files (its {column} values: {', '.join(sorted(groups))}).")
+    return [({column: value}, groups[value]) for value in wanted]
+
+
+def _row_counts(config: PipelineConfig, inputs: list[InputFile], schema: pa.Schema) -> tuple[dict[str, float], float]:
+    """Rows of each input (exact for a committed dataset, else estimated from the first file's
+    rows per byte) and the in-memory bytes per row (0 when not measured)."""
+    options = config.storage_options
+    if all(i.rows is not None for i in inputs) and not config.bytes_per_shard:
+        return {i.url: float(i.rows or 0) for i in inputs}, 0.0
+    first = read_input(inputs[0], schema=schema, batch_rows=config.batch_rows, storage_options=options)
+    first_rows = sum(b.num_rows for _, b in first.batches)
+    bytes_per_row = sum(b.nbytes for _, b in first.batches) / max(first_rows, 1)
+    fs, _ = resolve(inputs[0].url, options)
+    sizes = [i.bytes if i.bytes is not None else fs.size(resolve(i.url, options)[1]) for i in inputs]
+    return {i.url: first_rows * size / max(sizes[0], 1) for i, size in zip(inputs, sizes)}, bytes_per_row
 
 
 def map_file(plan: Plan, index: int) -> MapResult:
@@ -153,17 +213,18 @@ def map_file(plan: Plan, index: int) -> MapResult:
                 part, part_ids = augment(table.take(rows), part_ids, config.augment, label=config.label,
                                          seed=config.seed)
             keys = mix(part_ids, config.seed, 0x5AFF1E)
-            shard_of = keys % np.uint64(plan.shards[split])
+            first, count = plan.shard_range(source, split)
+            shard_of = keys % np.uint64(count) + np.uint64(first)
             order = np.argsort(shard_of, kind="stable")  # one gather, then each shard is a slice
             part = table.take(rows[order]) if part is None else part.take(order)
             if config.augment.enabled and split != "train":
                 part = part.append_column(COPY_COLUMN, pa.array(np.zeros(part.num_rows, np.int32)))
             part = part.append_column(_KEY, pa.array(keys[order]))
-            bounds = np.searchsorted(shard_of[order], np.arange(plan.shards[split] + 1, dtype=np.uint64))
+            bounds = np.searchsorted(shard_of[order], np.arange(first, first + count + 1, dtype=np.uint64))
             result.rows_out[split] = result.rows_out.get(split, 0) + part.num_rows
-            for shard in range(plan.shards[split]):
-                if bounds[shard + 1] > bounds[shard]:
-                    pieces.setdefault((split, shard), []).append(part.slice(bounds[shard], bounds[shard + 1] - bounds[shard]))
+            for i in range(count):
+                if bounds[i + 1] > bounds[i]:
+                    pieces.setdefault((split, first + i), []).append(part.slice(bounds[i], bounds[i + 1] - bounds[i]))
     for (split, shard), tables in sorted(pieces.items()):
         url = join_url(plan.staging, "pieces", split, f"{shard:05d}", f"{index:07d}.arrow")
         _write_ipc(url, pa.concat_tables(tables), config.storage_options)
@@ -194,7 +255,7 @@ def reduce_shard(plan: Plan, split: str, shard: int, piece_urls: Sequence[str]) 
                                 gzip_compressed=config.tfrecord_gzip)
                 name = "tfrecord.gz" if config.tfrecord_gzip else "tfrecord"
             record = publish_shard(config.output, local, split=split, rows=table.num_rows, format=name,
-                                   storage_options=config.storage_options)
+                                   partition=plan.partition_of(split, shard), storage_options=config.storage_options)
             out.append((split, shard, name, record.to_json()))
     return out
 

@@ -288,12 +288,15 @@ class CheckpointStore:
             publish_bytes(self.fs, self._path(_record_name(step)), checkpoint.to_json().encode(), exclusive=True)
         return checkpoint
 
-    def prune(self, *, keep_last: int, keep_every_hours: float | None = None) -> list[Checkpoint]:
+    def prune(self, *, keep_last: int, keep_every_hours: float | None = None,
+              protect: Sequence[int] = ()) -> list[Checkpoint]:
         """Remove committed checkpoints beyond the last ``keep_last`` (plus one every
-        ``keep_every_hours`` of creation time, if set), and uncommitted file directories older
-        than the latest commit (uploads that died). Returns the checkpoints removed."""
+        ``keep_every_hours`` of creation time, if set, and the steps in ``protect``: a promoted
+        model's), and uncommitted file directories older than the latest commit (uploads that
+        died). Returns the checkpoints removed."""
         checkpoints = self.list()
         keep = {c.step for c in checkpoints[-keep_last:]} if keep_last > 0 else set()
+        keep |= set(protect)
         if keep_every_hours:
             last_kept: _dt.datetime | None = None
             for c in checkpoints:

@@ -15,6 +15,7 @@ fails and it raises ``FileExistsError`` having committed nothing.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as _dt
 import logging
 import os
@@ -270,6 +271,7 @@ class DatasetWriter:
         feature_spec: Mapping[str, Any] | None = None,
         metadata: Mapping[str, Any] | None = None,
         inputs: Sequence[str] = (),
+        partitions: Mapping[str, Sequence[str]] | None = None,
     ) -> Manifest:
         """Commit the added shards as a new manifest version, written last.
 
@@ -277,6 +279,10 @@ class DatasetWriter:
 
         Raises:
             ValueError: appending with a schema different from the dataset's.
+
+        Args:
+            partitions: The input partitions this write added (``{"day": [...]}``), recorded in its
+                lineage entry, which appends carry forward: what each version added.
             FileExistsError: another writer committed to this dataset meanwhile.
         """
         with translate_errors(self.url, self.storage_options):
@@ -299,6 +305,7 @@ class DatasetWriter:
             lineage.append({
                 "version": version, "operation": self.mode, "writer": self.name, "params": self.params,
                 "inputs": [redact_url(i) for i in inputs], "shards_added": len(self._shards), "created_at": _now(),
+                **({"partitions": {k: list(v) for k, v in partitions.items()}} if partitions else {}),
             })
             manifest = Manifest(
                 version=version,
@@ -362,6 +369,25 @@ class Dataset:
 
     def shards(self, split: str | None = None) -> list[Shard]:
         return self.manifest.shards_for(split)
+
+    def partitions(self, column: str) -> list[str]:
+        """The values of partition ``column`` that the shards are under (``column=value/``), sorted."""
+        return sorted({s.partition[column] for s in self.manifest.shards if column in s.partition})
+
+    def select(self, partitions: Mapping[str, Sequence[str]]) -> Dataset:
+        """This version restricted to the shards under the given partition values (``{"day": [...]}``).
+
+        Raises:
+            ValueError: a value no shard is under, naming it.
+        """
+        for column, values in partitions.items():
+            missing = sorted(set(values) - set(self.partitions(column)))
+            if missing:
+                raise ValueError(f"{redact_url(self.url)}: no shards under {column}={missing[0]} "
+                                 f"(its {column} partitions: {self.partitions(column) or 'none'}).")
+        kept = tuple(s for s in self.manifest.shards
+                     if all(s.partition.get(column) in set(values) for column, values in partitions.items()))
+        return Dataset(self.url, dataclasses.replace(self.manifest, shards=kept), storage_options=self.storage_options)
 
     def shard_url(self, shard: Shard) -> str:
         return join_url(self.url, check_relative_path(shard.path, where=redact_url(self.url)))

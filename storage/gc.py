@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .dataset import SHARD_PREFIX, STAGING_DIR, committed_versions, latest_manifest, read_version
+from .lease import LEASE_DIR
 from .manifest import HISTORY_DIR, MANIFEST_NAME, Manifest, parse_history_name
 from .urls import is_local, join_url, redact_url, resolve, translate_errors
 
@@ -112,7 +113,7 @@ def collect_garbage(
             if any(rel.startswith(n + "/") for n in nested):
                 report.unknown.append(rel)  # another dataset inside this one: its own gc decides
                 continue
-            if rel == MANIFEST_NAME:
+            if rel == MANIFEST_NAME or rel.startswith(LEASE_DIR + "/"):  # a running job's lease: never garbage
                 continue
             if _TEMP.match(posixpath.basename(rel)):
                 pass  # a temporary file, wherever it is (also beside manifests)

@@ -45,12 +45,17 @@ class CheckpointWriter:
     """Saves ``checkpoint`` asynchronously and commits it to ``store`` in the background."""
 
     def __init__(self, checkpoint: tf.train.Checkpoint, store: CheckpointStore, *, local_dir: str, keep: int,
-                 keep_every_hours: float | None = None) -> None:
+                 keep_every_hours: float | None = None, protect: tuple[int, ...] = ()) -> None:
+        """
+        Args:
+            protect: Steps that retention never removes (the checkpoint a warm start came from).
+        """
         self.checkpoint = checkpoint
         self.store = store
         self.local_dir = local_dir
         self.keep = keep
         self.keep_every_hours = keep_every_hours
+        self.protect = protect
         self.stats = CheckpointStats()
         self._queue: queue.Queue[tuple[int, str, dict[str, Any]] | None] = queue.Queue()
         self._error: BaseException | None = None
@@ -96,7 +101,7 @@ class CheckpointWriter:
                     f.write(f'model_checkpoint_path: "{PREFIX}"\nall_model_checkpoint_paths: "{PREFIX}"\n')
                 self.store.publish(directory, step, metadata=metadata)
                 self.stats.last_committed = step
-                self.store.prune(keep_last=self.keep, keep_every_hours=self.keep_every_hours)
+                self.store.prune(keep_last=self.keep, keep_every_hours=self.keep_every_hours, protect=self.protect)
                 shutil.rmtree(directory, ignore_errors=True)
                 log.info("committed checkpoint at step %d to %s", step, redact_url(self.store.url))
             except BaseException as e:  # handed to the training thread by _raise_pending
@@ -143,8 +148,10 @@ class CheckpointWriter:
             self._thread.join()
 
 
-def restore(checkpoint: tf.train.Checkpoint, store: CheckpointStore, record: Checkpoint, *, local_dir: str) -> None:
-    """Restore ``checkpoint`` from the committed checkpoint ``record`` of ``store``.
+def restore(checkpoint: tf.train.Checkpoint, store: CheckpointStore, record: Checkpoint, *, local_dir: str,
+            partial: bool = False) -> None:
+    """Restore ``checkpoint`` from the committed checkpoint ``record`` of ``store`` (``partial``:
+    ``checkpoint`` holds only some of what was saved, e.g. no input positions).
 
     The files are kept in ``local_dir`` (fetched there when the store is remote) for the
     rest of the run: variables created later (optimizer slots) restore from them then.
@@ -152,7 +159,7 @@ def restore(checkpoint: tf.train.Checkpoint, store: CheckpointStore, record: Che
     directory = store.download(record, os.path.join(local_dir, f"step-{record.step:012d}"))
     where = f"The checkpoint at step {record.step} in {redact_url(store.url)}"
     try:
-        read_into(checkpoint, directory, what=where)
+        read_into(checkpoint, directory, what=where, partial=partial)
     except ValueError as e:
         raise ValueError(f"{e} Train into a new checkpoint directory, or restore the model settings it was "
                          "written with.") from e

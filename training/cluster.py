@@ -57,11 +57,9 @@ def _free_port() -> int:
 def prepare_worker(config: TrainConfig, spec: ClusterSpec) -> int:
     """Make this worker's training shards readable here (fetch remote ones, decode Parquet).
     Returns how many shards it will read."""
-    from shardflow.storage import open_dataset
+    from .inputs import InputSpec, ShardReader, choose_format, training_data, worker_shards
 
-    from .inputs import InputSpec, ShardReader, choose_format, worker_shards
-
-    dataset = open_dataset(config.data, storage_options=config.storage_options)
+    dataset = training_data(config)
     inputs = InputSpec.from_dataset(dataset, config.label)
     fmt = choose_format(dataset, config.train_split, config.format)
     shards = [s for s in dataset.shards(config.train_split) if s.format.startswith(fmt)]

@@ -8,7 +8,7 @@ from pydantic import Field, model_validator
 
 from shardflow.configs import StrictModel, load_model
 
-__all__ = ["CheckpointConfig", "ModelConfig", "TrainConfig", "load_train_config"]
+__all__ = ["CheckpointConfig", "ModelConfig", "TrainConfig", "WarmStart", "load_train_config"]
 
 
 class ModelConfig(StrictModel):
@@ -30,6 +30,15 @@ class CheckpointConfig(StrictModel):
     keep_every_hours: float | None = Field(None, gt=0, description="and one every H hours of training")
 
 
+class WarmStart(StrictModel):
+    """Start from another run's model and optimizer (not its input positions: the data is new),
+    whatever its number of workers or ps; ``steps``/``epochs`` then count from there."""
+
+    checkpoint_dir: str | None = None  # default: the run's own checkpoint_dir
+    step: int = Field(ge=0)  # a committed checkpoint there
+    run: str  # names this run in its checkpoint records: a rerun resumes the checkpoints that carry it
+
+
 class TrainConfig(StrictModel):
     """Everything ``shardflow train`` needs; saved with the run (secrets scrubbed)."""
 
@@ -39,6 +48,10 @@ class TrainConfig(StrictModel):
     export_dir: str | None = None  # default: <run_dir>/export; any URL
     label: str | None = None  # default: the label the pipeline recorded, else "label"
     format: Literal["auto", "tfrecord", "parquet"] = "auto"  # auto: TFRecord when the dataset has it
+    partitions: dict[str, list[str]] | None = None  # train and evaluate only on shards under these (`{day: [...]}`)
+    warm_start: WarmStart | None = None
+    model_dir: str | None = None  # where retraining promotes this model's exports (noted in checkpoint records)
+    export: bool = True  # write a SavedModel at the end (retraining exports only what it promotes)
     train_split: str = "train"
     eval_split: str | None = "eval"
     # A step under ParameterServerStrategy costs ps round trips whatever its size: 1024 rows

@@ -25,13 +25,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from shardflow.storage import Dataset, Shard, ShardCache
+from shardflow.storage import Dataset, Shard, ShardCache, open_dataset
 from shardflow.storage.commit import temp_token
 from shardflow.storage.urls import is_local, redact_url
 
 from ._tf import tf
 
-__all__ = ["InputSpec", "ShardReader", "choose_format", "worker_shards", "make_dataset", "CHUNK_ROWS"]
+__all__ = ["InputSpec", "ShardReader", "choose_format", "training_data", "worker_shards", "make_dataset", "CHUNK_ROWS"]
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,13 @@ class InputSpec:
 
     def parse_spec(self) -> dict[str, tf.io.FixedLenFeature]:
         return {n: tf.io.FixedLenFeature([], self.dtype(n), default_value=self.default(n)) for n in self.feature_spec}
+
+
+def training_data(config: Any) -> Dataset:
+    """The dataset a run reads: ``config.data`` (a :class:`TrainConfig`), restricted to
+    ``config.partitions`` when set (a retrain's window of partitions)."""
+    dataset = open_dataset(config.data, storage_options=config.storage_options)
+    return dataset.select(config.partitions) if config.partitions else dataset
 
 
 def choose_format(dataset: Dataset, split: str, wanted: str) -> str:

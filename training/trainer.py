@@ -33,9 +33,9 @@ from .checkpointing import CheckpointStats, CheckpointWriter, restore
 from .config import TrainConfig
 from .evaluation import evaluate_model, predict_logits, split_data
 from .export import export_saved_model
-from .inputs import InputSpec, ShardReader, choose_format, make_dataset, worker_shards
+from .inputs import InputSpec, ShardReader, choose_format, make_dataset, training_data, worker_shards
 from .report import plot_curves
-from .state import build_state, checkpoint_layout, plain_copy
+from .state import TrainState, build_state, checkpoint_layout, plain_copy
 from .strategy import ClusterSpec, make_strategy
 
 __all__ = ["LOST_CLUSTER", "TrainSummary", "timed_steps", "train", "synth_optimum"]
@@ -57,6 +57,7 @@ class TrainSummary:
     seconds: float = 0.0
     input_stall: float = 0.0
     resumed_from: int | None = None
+    warm_started_from: int | None = None  # the step of ``warm_start`` this run began from
     evaluations: list[dict[str, float]] = field(default_factory=list)
     history: list[dict[str, float]] = field(default_factory=list)
     checkpoints: CheckpointStats = field(default_factory=CheckpointStats)
@@ -109,7 +110,7 @@ def train(config: TrainConfig, *, cluster: ClusterSpec | None = None, progress: 
     report = progress or (lambda event, **values: None)
     if not log.isEnabledFor(logging.INFO):  # TensorFlow's Python warnings (retracing hints ...) are noise here
         tf.get_logger().setLevel(logging.ERROR)
-    dataset = open_dataset(config.data, storage_options=config.storage_options)
+    dataset = training_data(config)
     spec = InputSpec.from_dataset(dataset, config.label)
     fmt = choose_format(dataset, config.train_split, config.format)
     train_shards = [s for s in dataset.shards(config.train_split) if s.format.startswith(fmt)]
@@ -122,17 +123,20 @@ def train(config: TrainConfig, *, cluster: ClusterSpec | None = None, progress: 
     # Batches one step takes: one per worker step under ParameterServerStrategy, one per replica
     # otherwise (a mirrored or TPU step splits its global batch over the replicas).
     batches_per_step = 1 if ps_mode else strategy.num_replicas_in_sync
-    total_steps = config.steps or max(1, math.ceil(config.epochs * train_rows / (config.batch_size * batches_per_step)))
+    run_steps = config.steps or max(1, math.ceil(config.epochs * train_rows / (config.batch_size * batches_per_step)))
     with strategy.scope():
         state = build_state(spec, config, workers=workers)
     model, optimizer, positions, checkpoint = state.model, state.optimizer, state.positions, state.checkpoint
     store = CheckpointStore(config.resolved_checkpoint_dir(), storage_options=config.storage_options)
     local_checkpoints = os.path.join(config.run_dir, "checkpoints-local")
-    restored = _resume(checkpoint, store, workers=workers, local_dir=os.path.join(local_checkpoints, "restored"))
+    restored, began = _resume(state, store, config, workers=workers,
+                              local_dir=os.path.join(local_checkpoints, "restored"))
+    total_steps = began + run_steps if config.warm_start else run_steps  # a warm start counts from where it began
     start_step = int(optimizer.iterations.numpy())
     layout = checkpoint_layout(checkpoint)
     summary = TrainSummary(strategy=strategy_name, start_step=start_step, steps=start_step, sharded=_sharded(layout),
-                           resumed_from=restored.step if restored else None, optimum_auc=synth_optimum(dataset))
+                           resumed_from=restored.step if restored else None, optimum_auc=synth_optimum(dataset),
+                           warm_started_from=config.warm_start.step if config.warm_start else None)
 
     reader = ShardReader(dataset, spec, cache_dir=config.resolved_cache_dir(), cache_bytes=config.cache_bytes)
     compressed = any(s.format.endswith(".gz") for s in train_shards)
@@ -188,12 +192,16 @@ def train(config: TrainConfig, *, cluster: ClusterSpec | None = None, progress: 
         return metrics
 
     writer_tb = tf.summary.create_file_writer(os.path.join(config.run_dir, "tensorboard"))
+    same_store = config.warm_start and config.warm_start.checkpoint_dir in (None, config.resolved_checkpoint_dir())
     uploader = CheckpointWriter(checkpoint, store, local_dir=local_checkpoints, keep=config.checkpoint.keep,
-                                keep_every_hours=config.checkpoint.keep_every_hours)
+                                keep_every_hours=config.checkpoint.keep_every_hours,
+                                protect=(config.warm_start.step,) if same_store else ())
     report("start", start_step=start_step, total_steps=total_steps, strategy=strategy_name, workers=workers,
            resumed_from=summary.resumed_from, format=fmt)
     recorded = _recorded_settings(config, dataset, spec, workers=workers, ps=cluster.ps if ps_mode and cluster else 0,
                                   layout=layout, sharded=summary.sharded)
+    if config.warm_start:  # a rerun of this run resumes the checkpoints that carry its name
+        recorded["run"] = {"name": config.warm_start.run, "began_at": began, "warm_start": config.warm_start.step}
 
     def state(at: int) -> dict[str, Any]:
         """Noted in each checkpoint's record: where every worker's input stood, what training
@@ -281,8 +289,9 @@ def train(config: TrainConfig, *, cluster: ClusterSpec | None = None, progress: 
     finally:
         writer_tb.flush()
     summary.checkpoints = uploader.stats
-    summary.export_path = export_saved_model(plain_copy(model, spec, config), spec, config.resolved_export_dir(),
-                                             step=summary.steps, storage_options=config.storage_options)
+    if config.export:
+        summary.export_path = export_saved_model(plain_copy(model, spec, config), spec, config.resolved_export_dir(),
+                                                 step=summary.steps, storage_options=config.storage_options)
     if summary.history:
         summary.curves_path = plot_curves(summary.history, summary.evaluations,
                                           os.path.join(config.run_dir, "curves.png"),
@@ -290,15 +299,31 @@ def train(config: TrainConfig, *, cluster: ClusterSpec | None = None, progress: 
     return summary
 
 
-def _resume(checkpoint: tf.train.Checkpoint, store: CheckpointStore, *, workers: int, local_dir: str) -> Any:
-    """Restore the latest committed checkpoint of ``store``, if any; returns its record."""
-    restored = store.latest()
-    if restored is not None:
-        if restored.metadata.get("workers", workers) != workers:  # input positions are per worker
-            raise ValueError(f"The checkpoint at step {restored.step} in {redact_url(store.url)} was written by "
-                             f"{restored.metadata.get('workers')} workers; resume with the same number (got {workers}).")
-        restore(checkpoint, store, restored, local_dir=local_dir)
-    return restored
+def _resume(state: TrainState, store: CheckpointStore, config: TrainConfig, *, workers: int,
+            local_dir: str) -> tuple[Any, int]:
+    """Restore where this run stands: its own latest committed checkpoint in ``store`` (all of
+    it, input positions too), else the ``warm_start`` checkpoint's model and optimizer.
+
+    Returns:
+        The record of the checkpoint resumed (None for a new or warm-started run), and the
+        step this run began at (0 without a warm start).
+    """
+    latest, warm = store.latest(), config.warm_start
+    if latest is not None and (warm is None or (latest.metadata.get("run") or {}).get("name") == warm.run):
+        if latest.metadata.get("workers", workers) != workers:  # input positions are per worker
+            raise ValueError(f"The checkpoint at step {latest.step} in {redact_url(store.url)} was written by "
+                             f"{latest.metadata.get('workers')} workers; resume with the same number (got {workers}).")
+        restore(state.checkpoint, store, latest, local_dir=local_dir)
+        return latest, int(latest.metadata["run"]["began_at"]) if warm else 0
+    if warm is None:
+        return None, 0
+    source = CheckpointStore(warm.checkpoint_dir or store.url, storage_options=config.storage_options)
+    restore(tf.train.Checkpoint(model=state.model, optimizer=state.optimizer), source, source.find(warm.step),
+            local_dir=local_dir, partial=True)
+    # Steps of one store only go up: a warm start from an older checkpoint numbers its own after the newest.
+    began = max(warm.step, latest.step if latest is not None else 0)
+    state.optimizer.iterations.assign(began)
+    return None, began
 
 
 def _dispatcher(strategy: Any, ps_mode: bool, workers: int,
@@ -365,8 +390,10 @@ def _recorded_settings(config: TrainConfig, dataset: Any, spec: InputSpec, *, wo
     """What every checkpoint record of this run names: enough to rebuild the model without a
     cluster (settings, columns), where its data came from, how it was sharded. No secrets."""
     settings = config.model_dump(mode="json", exclude={"storage_options"})
-    for key in ("checkpoint_dir", "run_dir", "export_dir", "cache_dir"):  # URLs may carry credentials
+    for key in ("checkpoint_dir", "run_dir", "export_dir", "cache_dir", "model_dir"):  # URLs may carry credentials
         settings[key] = redact_url(settings[key]) if settings[key] else settings[key]
+    if settings.get("warm_start") and settings["warm_start"]["checkpoint_dir"]:
+        settings["warm_start"]["checkpoint_dir"] = redact_url(settings["warm_start"]["checkpoint_dir"])
     data = os.path.abspath(config.data) if "://" not in config.data else redact_url(config.data)
     settings["data"] = data
     return {"workers": workers, "ps": ps, "sharded": sharded, "variables": layout,

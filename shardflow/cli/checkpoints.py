@@ -41,22 +41,38 @@ def _scratch() -> Iterator[str]:
         yield tmp
 
 
-def checkpoint_rows(store: CheckpointStore) -> list[dict[str, Any]]:
+def promoted_steps(store: CheckpointStore, committed: list[Any], model_dir: str | None) -> tuple[int | None, dict[int, int]]:
+    """The step serving now and every promoted step's promotion number, from the promotion
+    records in ``model_dir`` (default: the one retraining noted in the newest record naming one)."""
+    from shardflow.retrain.promotion import promotions
+
+    if model_dir is None:
+        noted = [c.metadata.get("train_config", {}).get("model_dir") for c in committed]
+        model_dir = next((m for m in reversed(noted) if m), None)
+    if model_dir is None:
+        return None, {}
+    here = redact_url(store.url if "://" in store.url else os.path.abspath(store.url))  # as retraining records it
+    mine = [r for r in promotions(model_dir, store.storage_options).list() if r.data["checkpoint"]["dir"] == here]
+    return (mine[-1].data["checkpoint"]["step"] if mine else None), {r.data["checkpoint"]["step"]: r.number for r in mine}
+
+
+def checkpoint_rows(store: CheckpointStore, model_dir: str | None = None) -> list[dict[str, Any]]:
     """One entry per checkpoint, committed or not, ascending by step."""
     committed = store.list()
     latest = committed[-1].step if committed else None
+    serving, promoted = promoted_steps(store, committed, model_dir)
     rows = []
     for c in committed:
         meta = c.metadata
         rows.append({"step": c.step, "created": c.created_at, "bytes": c.bytes, "committed": True,
-                     "latest": c.step == latest, "promoted": False,  # set by retraining's promotion records
+                     "latest": c.step == latest, "promoted": c.step == serving, "promotion": promoted.get(c.step),
                      "train_loss": meta.get("train_loss"), "eval": meta.get("eval"), "examples": meta.get("examples"),
                      "dataset": meta.get("dataset"), "workers": meta.get("workers"), "ps": meta.get("ps"),
                      "url": redact_url(store.url_of(c))})
     for step, directories in store.uncommitted(committed).items():
         size = sum(store.directory_bytes(d) for d in directories)
         rows.append({"step": step, "created": None, "bytes": size, "committed": False, "latest": False,
-                     "promoted": False, "train_loss": None, "eval": None, "examples": None, "dataset": None,
+                     "promoted": False, "promotion": None, "train_loss": None, "eval": None, "examples": None, "dataset": None,
                      "workers": None, "ps": None, "url": redact_url(f"{store.url}/{directories[0]}")})
     return sorted(rows, key=lambda r: (r["step"], not r["committed"]))
 
@@ -66,10 +82,12 @@ def _fmt(value: Any, spec: str = "") -> str:
 
 
 @checkpoints_app.command("list")
-def list_command(url: Url, as_json: Json = False, storage_option: StorageOption = None) -> None:
+def list_command(url: Url, model_dir: Annotated[Optional[str], typer.Option(
+                     help="Where retraining promotes (default: the model dir the checkpoints' records name).")] = None,
+                 as_json: Json = False, storage_option: StorageOption = None) -> None:
     """One row per checkpoint: committed or not, latest, promoted, and what the trainer knew then."""
     store = _store(url, storage_option)
-    rows = checkpoint_rows(store)
+    rows = checkpoint_rows(store, model_dir)
     if not rows:
         raise FileNotFoundError(f"{redact_url(store.url)}: no checkpoints there.")
     if as_json:
@@ -80,7 +98,7 @@ def list_command(url: Url, as_json: Json = False, storage_option: StorageOption 
         table.add_column(col, justify="left" if col in ("created", "state") else "right", no_wrap=True)
     for r in rows:  # latest and promoted are committed
         state = "[yellow]uncommitted[/]" if not r["committed"] else "latest" if r["latest"] else "committed"
-        state += " promoted" if r["promoted"] else ""
+        state += " [green]promoted[/]" if r["promoted"] else f" (p{r['promotion']})" if r["promotion"] else ""
         table.add_row(f"{r['step']:,}", r["created"][5:16].replace("T", " ") if r["created"] else "-", human_bytes(r["bytes"]), state,
                       _fmt(r["train_loss"], ".4f"), _fmt((r["eval"] or {}).get("auc"), ".4f"), _fmt(r["examples"], ","))
     out.print(table)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
+from collections.abc import Callable, Iterator
 from typing import Annotated, Any, Optional
 
 import typer
@@ -96,6 +98,13 @@ def train_command(
 def _train_with_progress(config: Any, spec: Any) -> Any:
     from shardflow.training.trainer import train
 
+    with train_progress() as progress:
+        return train(config, cluster=spec, progress=progress)
+
+
+@contextlib.contextmanager
+def train_progress() -> Iterator[Callable[..., None]]:
+    """A progress bar on stderr for the trainer's ``progress(event, **values)`` callback."""
     with Progress(TextColumn("[bold]train"), BarColumn(), TextColumn("step {task.completed:,.0f}/{task.total:,.0f}"),
                   TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=err, transient=True) as bar:
         task = bar.add_task("train", total=1, info="starting")
@@ -113,7 +122,7 @@ def _train_with_progress(config: Any, spec: Any) -> Any:
                 state["eval"] = f"  eval AUC {v['auc']:.4f}"
                 logging.getLogger("shardflow.training").info("eval at step %d: %s", v["step"], v)
 
-        return train(config, cluster=spec, progress=progress)
+        yield progress
 
 
 def _train_table(config: Any, summary: Any) -> Table:

@@ -30,7 +30,8 @@ class PromotionRule(StrictModel):
 
 
 class ExportSpec(StrictModel):
-    """One export made of a promoted model, beside the float SavedModel that is always made."""
+    """What is exported of a promoted model (``shardflow checkpoints export``'s choices); the
+    float SavedModel is always among it."""
 
     formats: list[Literal["saved_model", "tflite"]] = ["saved_model"]
     quantize: list[Literal["int8", "float16", "dynamic"]] = []
@@ -49,7 +50,7 @@ class RetrainSection(StrictModel):
     epochs: float = Field(1.0, gt=0, description="passes over the new partitions plus the replay")
     eval_rows: int | None = Field(200_000, gt=0, description="eval rows of the newest partitions scoring both models")
     promotion: PromotionRule = PromotionRule()
-    exports: list[ExportSpec] = []
+    export: ExportSpec = ExportSpec()
     work_dir: str = "shardflow-retrain"  # local: the training's run directory, logs, scratch
     lease_seconds: float = Field(600.0, gt=0, description="a lease not renewed for this long is taken over")
 

@@ -1,0 +1,359 @@
+"""``shardflow retrain``: bring the model up to date with the raw partitions that arrived since
+it was trained, and promote it only when it is at least as good as the one serving.
+
+Every step finds its state in storage, never on the local disk, so a retrain killed at any
+point and run again picks up where it stopped:
+
+1. the raw partitions not yet in the dataset (the dataset's shards are under ``key=value/``);
+2. the pipeline on those alone, appended as one new dataset version (its lineage entry names them);
+3. training warm-started from the promoted checkpoint (else the latest) on the partitions no
+   model has seen yet plus a replay of the ``replay_days`` before them; its checkpoints carry
+   the run's name, so a rerun resumes them exactly;
+4. candidate and promoted model scored on the same eval rows of the new partitions;
+5. promotion (:mod:`.promotion`): export, then the promotion record, created exclusively;
+6. a run record beside the promotions.
+
+A lease at the dataset keeps it to one retrain at a time.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from shardflow.storage import CheckpointStore, Dataset, open_dataset, redact_url
+from shardflow.storage.lease import LEASE_DIR, Lease
+from shardflow.storage.records import Record
+from shardflow.storage.urls import is_local, join_url, resolve
+
+from .config import RetrainConfig
+from .promotion import decide, promoted_step, promotions, runs
+
+__all__ = ["EXIT_BAD_INPUT", "EXIT_FAILED", "EXIT_NOT_PROMOTED", "EXIT_OK", "RetrainOutcome", "raw_partitions",
+           "retrain"]
+
+log = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_NOT_PROMOTED = 0, 1, 2, 3  # for schedulers (README, "Retraining")
+
+Say = Callable[[str], None]
+
+
+@dataclass
+class RetrainOutcome:
+    decision: str  # "nothing to do", "promoted" or "not promoted"
+    exit_code: int
+    record: dict[str, Any] | None = None  # the run record (None when there was nothing to do)
+    record_url: str | None = None
+    reason: str = ""
+
+
+@dataclass
+class _Plan:
+    """What this run trains on and from where."""
+
+    dataset: Dataset
+    pending: list[str]  # partitions no model has been trained on
+    window: list[str]  # pending plus the replay
+    base: Any  # the checkpoint record warm-started from (None: from scratch)
+    base_dir: str  # its checkpoint directory
+    promotion: Record | None  # the promotion serving now
+    run: str
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def raw_partitions(config: RetrainConfig) -> list[str]:
+    """The values of the partition column under the raw input, sorted.
+
+    Raises:
+        FileNotFoundError: nothing at the raw URL.
+        ValueError: no ``key=value/`` partitions there, or not the configured column, naming it.
+    """
+    from shardflow.pipelines.sources import list_inputs
+
+    section = config.retrain
+    inputs = list_inputs(section.raw, input_format=config.pipeline.input_format, storage_options=config.storage_options)
+    columns = sorted({key for i in inputs for key in i.partition})
+    shown = redact_url(section.raw)
+    if not columns:
+        raise ValueError(f"Invalid value for `retrain.raw`: {shown} has no partitions (no `key=value/` "
+                         f"directories above its files); retraining reads new partitions as they arrive.")
+    missing = [i for i in inputs if section.partition_column not in i.partition]
+    if missing:
+        raise ValueError(f"Invalid value for `retrain.partition_column`: {section.partition_column!r}. "
+                         f"{redact_url(missing[0].url)} is not under a `{section.partition_column}=VALUE/` directory "
+                         f"(the raw input's partition columns: {', '.join(columns)}).")
+    return sorted({i.partition[section.partition_column] for i in inputs})
+
+
+def retrain(config: RetrainConfig, *, say: Say | None = None, train_progress: Callable[..., None] | None = None,
+            ) -> RetrainOutcome:
+    """Run the six steps (module docstring) once.
+
+    Args:
+        say: Receives one line per step, for people.
+        train_progress: The trainer's ``progress`` callback, when it trains in this process.
+
+    Raises:
+        LeaseHeldError: another retrain of this dataset is running (the message names it).
+        ValueError, FileNotFoundError: bad configuration or input, naming it.
+    """
+    tell = say or (lambda line: None)
+    section, options = config.retrain, config.storage_options
+    started, clock = _now(), time.perf_counter()
+    raw = raw_partitions(config)
+    with Lease(join_url(section.dataset, LEASE_DIR), what="shardflow retrain", seconds=section.lease_seconds,
+               storage_options=options) as lease:
+        ingested, dataset = _ingest(config, raw, lease, tell)
+        plan = _plan(config, dataset)
+        if plan is None or not plan.pending:
+            return RetrainOutcome("nothing to do", EXIT_OK, reason=(
+                f"every {section.partition_column} partition of {redact_url(section.raw)} is in "
+                f"{redact_url(section.dataset)} and trained on"))
+        plan.timings["ingest"] = time.perf_counter() - clock
+        candidate = _train(config, plan, tell, train_progress)
+        metrics = _evaluate(config, plan, candidate, tell)
+        rule = section.promotion
+        promote, reason = decide(rule, metrics["candidate"][rule.metric],
+                                 metrics["promoted"][rule.metric] if metrics["promoted"] else None)
+        tell(f"{'promote' if promote else 'keep the promoted model'}: {reason}")
+        promotion = _promote(config, plan, candidate, metrics, reason, lease, tell) if promote else None
+        lease.check()
+        record = {
+            "run": plan.run, "started_at": started, "finished_at": _now(),
+            "decision": "promoted" if promote else "not promoted", "reason": reason,
+            "exit_code": EXIT_OK if promote else EXIT_NOT_PROMOTED,
+            "dataset": {"url": redact_url(section.dataset), "version": plan.dataset.manifest.version},
+            "partitions": {"column": section.partition_column, "ingested": ingested, "new": plan.pending,
+                           "trained_on": plan.window},
+            "steps": {"warm_start": plan.base.step if plan.base else None, "began_at": candidate["began_at"],
+                      "final": candidate["step"]},
+            "checkpoint_dir": redact_url(section.checkpoint_dir), "metrics": metrics, "rule": rule.model_dump(),
+            "promotion": promotion.number if promotion else None,
+            "seconds": {**{k: round(v, 2) for k, v in plan.timings.items()},
+                        "total": round(time.perf_counter() - clock, 2)},
+        }
+        written = runs(section.model_dir, options).append(record)
+    return RetrainOutcome(record["decision"], record["exit_code"], written.data, redact_url(written.url))
+
+
+def _ingest(config: RetrainConfig, raw: list[str], lease: Lease, tell: Say) -> tuple[list[str], Dataset | None]:
+    """Step 1 and 2: append the raw partitions the dataset lacks, as one new version."""
+    section = config.retrain
+    dataset = _open(section.dataset, config.storage_options)
+    have = set(dataset.partitions(section.partition_column)) if dataset else set()
+    new = [p for p in raw if p not in have]
+    if not new:
+        return [], dataset
+    from shardflow.pipelines.run import run_pipeline
+
+    lease.check()
+    tell(f"ingest {len(new)} new partition(s) of {redact_url(section.raw)}: {_span(new)}")
+    pipeline = config.pipeline.model_copy(update={"partition_by": section.partition_column, "partitions": new,
+                                                  "append": True})
+    summary = run_pipeline(pipeline)
+    assert summary.manifest is not None
+    tell(f"  {summary.rows_read:,} rows read, {summary.bad_rows:,} bad → {redact_url(section.dataset)} version "
+         f"{summary.manifest.version} in {summary.seconds:.1f} s")
+    return new, _open(section.dataset, config.storage_options)
+
+
+def _open(url: str, options: Mapping[str, Any]) -> Dataset | None:
+    try:
+        return open_dataset(url, storage_options=options)
+    except FileNotFoundError:
+        return None
+
+
+def _span(values: list[str]) -> str:
+    return values[0] if len(values) == 1 else f"{values[0]} … {values[-1]} ({len(values)})"
+
+
+def _plan(config: RetrainConfig, dataset: Dataset | None) -> _Plan | None:
+    """Step 3's inputs: which partitions are new to the model, the replay, the warm start."""
+    if dataset is None:
+        return None
+    section, options = config.retrain, config.storage_options
+    column = section.partition_column
+    promotion = promotions(section.model_dir, options).latest()
+    base_dir = section.checkpoint_dir
+    if promotion is not None:
+        base_dir = _checkpoint_dir(promotion.data["checkpoint"]["dir"], section.checkpoint_dir)
+        base = CheckpointStore(base_dir, storage_options=options).find(promoted_step(promotion))
+    else:
+        base = CheckpointStore(base_dir, storage_options=options).latest()
+    last_run = runs(section.model_dir, options).latest()
+    seen_version = max(_trained_version(base, dataset), int(last_run.data["dataset"]["version"]) if last_run else 0)
+    covered = _partitions_until(dataset, column, seen_version)
+    present = dataset.partitions(column)
+    pending = [p for p in present if p not in covered]
+    before = [p for p in present if p < pending[0]] if pending else []
+    window = before[len(before) - section.replay_days:] + pending if section.replay_days else pending
+    return _Plan(dataset=dataset, pending=pending, window=window, base=base, base_dir=base_dir, promotion=promotion,
+                 run=f"retrain-v{dataset.manifest.version:08d}")
+
+
+def _checkpoint_dir(recorded: str, configured: str) -> str:
+    """A record's (redacted) checkpoint directory as a URL to read: the configured one when it is that."""
+    return configured if recorded == redact_url(configured) else recorded
+
+
+def _trained_version(record: Any, dataset: Dataset) -> int:
+    """The version of this dataset that a checkpoint's model was trained on (0: another dataset or none)."""
+    if record is None:
+        return 0
+    trained = record.metadata.get("dataset") or {}
+    return int(trained.get("version") or 0) if trained.get("url") == redact_url(dataset.url) else 0
+
+
+def _partitions_until(dataset: Dataset, column: str, version: int) -> set[str]:
+    """Partitions that versions up to ``version`` added (from the lineage, which appends carry forward)."""
+    covered: set[str] = set()
+    for entry in dataset.manifest.lineage:
+        if int(entry.get("version", 0)) <= version:
+            covered.update((entry.get("partitions") or {}).get(column, []))
+    return covered
+
+
+def _train(config: RetrainConfig, plan: _Plan, tell: Say, progress: Callable[..., None] | None) -> dict[str, Any]:
+    """Step 3: train (resuming this run's own checkpoints if it was cut short); returns the
+    candidate checkpoint's step, directory URL and where the run began."""
+    from shardflow.training.config import WarmStart
+
+    section = config.retrain
+    warm = WarmStart(checkpoint_dir=None if plan.base_dir == section.checkpoint_dir else plan.base_dir,
+                     step=plan.base.step, run=plan.run) if plan.base is not None else None
+    train_config = config.train.model_copy(update={
+        "partitions": {section.partition_column: plan.window}, "warm_start": warm, "model_dir": section.model_dir,
+        "export": False, "steps": None, "epochs": section.epochs})
+    start = f"warm start from step {plan.base.step}" if plan.base is not None else "from scratch"
+    tell(f"train on {_span(plan.window)} ({len(plan.pending)} new, {len(plan.window) - len(plan.pending)} replayed), "
+         f"{section.epochs:g} epoch(s), {start}, {train_config.cluster} cluster")
+    clock = time.perf_counter()
+    _run_training(train_config, progress)
+    plan.timings["train"] = time.perf_counter() - clock
+    store = CheckpointStore(section.checkpoint_dir, storage_options=config.storage_options)
+    latest = store.latest()
+    run = (latest.metadata.get("run") or {}) if latest is not None else {}
+    if latest is None or (warm is not None and run.get("name") != plan.run):
+        raise RuntimeError(f"training ended without committing a checkpoint of {plan.run} in "
+                           f"{redact_url(section.checkpoint_dir)}")
+    tell(f"  trained to step {latest.step:,} in {plan.timings['train']:.1f} s")
+    return {"step": latest.step, "dir": section.checkpoint_dir, "url": store.url_of(latest),
+            "began_at": run.get("began_at", 0)}
+
+
+def _run_training(train_config: Any, progress: Callable[..., None] | None) -> None:
+    from shardflow.training.cluster import LocalCluster
+
+    if train_config.cluster == "local":
+        code = LocalCluster(train_config).run()
+        if code:
+            raise RuntimeError(f"training failed (coordinator exit code {code}); task logs are in "
+                               f"{train_config.run_dir}/logs")
+        return
+    from shardflow.training.strategy import parse_tf_config
+    from shardflow.training.trainer import train
+
+    train(train_config, cluster=parse_tf_config() if train_config.cluster == "tf-config" else None, progress=progress)
+
+
+def _evaluate(config: RetrainConfig, plan: _Plan, candidate: dict[str, Any], tell: Say) -> dict[str, Any]:
+    """Step 4: both models on the same eval rows of the new partitions."""
+    from shardflow.training.evaluation import evaluate_model, predict_logits, split_data
+    from shardflow.training.inputs import ShardReader
+    from shardflow.training.state import load_checkpoint
+
+    section, options = config.retrain, config.storage_options
+    newest = plan.dataset.select({section.partition_column: plan.pending})
+    split = config.train.eval_split or "eval"
+    if split not in newest.manifest.splits():
+        raise ValueError(f"{redact_url(section.dataset)}: the new partitions have no {split!r} rows to compare the "
+                         f"models on (splits: {sorted(newest.manifest.splits())}); give the pipeline an eval split.")
+    clock = time.perf_counter()
+    scores: dict[str, Any] = {"rows": None, "partitions": plan.pending, "split": split}
+    os.makedirs(section.work_dir, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="evaluate-", dir=section.work_dir) as scratch:
+        for role, directory, step in (("candidate", candidate["dir"], candidate["step"]),
+                                      ("promoted", plan.base_dir if plan.promotion else None,
+                                       promoted_step(plan.promotion))):
+            if directory is None:
+                scores[role] = None
+                continue
+            loaded = load_checkpoint(directory, step=step, local_dir=os.path.join(scratch, role),
+                                     storage_options=options)
+            reader = ShardReader(newest, loaded.spec, cache_dir=os.path.join(scratch, "cache"), cache_bytes=64 << 30)
+            data = split_data(newest, loaded.spec, reader, split=split, rows=section.eval_rows)
+            metrics = evaluate_model(predict_logits(loaded.model), data)
+            scores["rows"] = int(metrics.pop("rows", 0)) or scores["rows"]
+            scores[role] = {"step": step, **{k: round(float(v), 6) for k, v in metrics.items()}}
+    plan.timings["evaluate"] = time.perf_counter() - clock
+    shown = ", ".join(f"{role} {scores[role][section.promotion.metric]:.4f}"
+                      for role in ("candidate", "promoted") if scores[role])
+    tell(f"evaluate on {scores['rows']:,} {split} rows of {_span(plan.pending)}: {section.promotion.metric} {shown}")
+    return scores
+
+
+def _promote(config: RetrainConfig, plan: _Plan, candidate: dict[str, Any], metrics: dict[str, Any], reason: str,
+             lease: Lease, tell: Say) -> Record:
+    """Step 5: export the candidate (unless a cut-short run already did), then the promotion record."""
+    section, options = config.retrain, config.storage_options
+    log_ = promotions(section.model_dir, options)
+    latest = log_.latest()
+    if latest is not None and latest.data["checkpoint"]["step"] == candidate["step"] and \
+            latest.data["checkpoint"]["dir"] == redact_url(candidate["dir"]):
+        return latest  # promoted by the run that was cut short after its promotion record
+    clock = time.perf_counter()
+    location = _export(config, candidate, tell)
+    plan.timings["export"] = time.perf_counter() - clock
+    lease.check()
+    record = log_.append({
+        "created_at": _now(), "run": plan.run, "decision": "promoted", "reason": reason,
+        "checkpoint": {"dir": redact_url(candidate["dir"]), "step": candidate["step"],
+                       "url": redact_url(candidate["url"])},
+        "export": location, "dataset": {"url": redact_url(section.dataset), "version": plan.dataset.manifest.version},
+        "partitions": {section.partition_column: plan.pending}, "trained_on": {section.partition_column: plan.window},
+        "metrics": metrics, "rule": section.promotion.model_dump(),
+        "previous": {"number": plan.promotion.number, "step": promoted_step(plan.promotion)} if plan.promotion else None,
+    })
+    tell(f"promoted step {candidate['step']:,}: {redact_url(record.url)} → {location}")
+    return record
+
+
+def _export(config: RetrainConfig, candidate: dict[str, Any], tell: Say) -> str:
+    """The candidate's export under ``MODEL_DIR/exports/<step>``, committed whole (or the one a
+    cut-short run committed)."""
+    from shardflow.training.export import export_checkpoint
+    from shardflow.training.state import load_checkpoint
+
+    section, options = config.retrain, config.storage_options
+    dest = join_url(section.model_dir, "exports", str(candidate["step"]))
+    fs, path = resolve(dest, options)
+    if is_local(fs):
+        if os.path.exists(os.path.join(path, "report.json")):  # renamed into place whole
+            return path
+    else:
+        store = CheckpointStore(dest, storage_options=options)
+        if candidate["step"] in store.steps():
+            return redact_url(store.url_of(store.find(candidate["step"])))
+    spec = section.export
+    tell(f"export step {candidate['step']:,}: {', '.join(spec.formats)}"
+         + (f", quantized {', '.join(spec.quantize)}" if spec.quantize else "")
+         + (f", pruned {spec.prune:g}" if spec.prune else ""))
+    os.makedirs(section.work_dir, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="export-", dir=section.work_dir) as scratch:
+        loaded = load_checkpoint(candidate["dir"], step=candidate["step"], local_dir=os.path.join(scratch, "ckpt"),
+                                 storage_options=options, with_optimizer=spec.prune is not None)
+        report = export_checkpoint(loaded, dest, formats=spec.formats, quantize=spec.quantize, prune=spec.prune,
+                                   eval_rows=section.eval_rows, storage_options=options, work_dir=scratch)
+    return redact_url(report.location)
