@@ -46,6 +46,9 @@ def pipeline_run(
     seed: Annotated[Optional[int], typer.Option(help="Seed of split, shuffle and augmentation.", min=0)] = None,
     max_bad_fraction: Annotated[Optional[float], typer.Option(help="Fail above this fraction of bad rows.")] = None,
     input_format: Annotated[Optional[str], typer.Option(help="csv, jsonl or parquet (default: by extension).")] = None,
+    partition_by: Annotated[Optional[str], typer.Option(help="Input partition column (key=value/ dirs): shards per value, under key=value/.")] = None,
+    partitions: Annotated[Optional[str], typer.Option(help="Read only these values of --partition-by, comma-separated.")] = None,
+    append: Annotated[bool, typer.Option("--append", help="Add to the dataset's current version instead of replacing it.")] = False,
     storage_option: StorageOption = None,
 ) -> None:
     """Parse, validate, split, shard, augment and write a committed dataset.
@@ -59,7 +62,9 @@ def pipeline_run(
         "input": input, "output": output, "engine": engine, "runner": runner, "dask_address": dask_address,
         "formats": [f.strip() for f in formats.split(",")] if formats else None, "shards": shards,
         "rows_per_shard": rows_per_shard, "bytes_per_shard": bytes_per_shard, "label": label, "seed": seed,
-        "max_bad_fraction": max_bad_fraction, "input_format": input_format,
+        "max_bad_fraction": max_bad_fraction, "input_format": input_format, "partition_by": partition_by,
+        "partitions": [p.strip() for p in partitions.split(",") if p.strip()] if partitions else None,
+        "append": append or None,
         "split": {**(_parse_split(split) if split else {}), **({"key": split_key} if split_key else {})} or None,
         "augment": {"copies": augment_copies} if augment_copies is not None else None,
         "storage_options": parse_storage_options(storage_option or []) or None,
