@@ -14,10 +14,9 @@ DEMO_DIR ?= demo-data
 demo: $(VENV)/.installed
 	@rm -rf $(DEMO_DIR)
 	$(BIN)/shardflow data synth --rows 400000 --days 4 --rows-per-shard 50000 --output $(DEMO_DIR)/clicks
-	$(BIN)/shardflow data synth --rows 100000 --days 1 --start-date 2026-01-05 --rows-per-shard 50000 --append --output $(DEMO_DIR)/clicks
 	$(BIN)/shardflow data inspect $(DEMO_DIR)/clicks --max-shards 4
 	$(BIN)/shardflow data verify $(DEMO_DIR)/clicks
-	$(BIN)/shardflow pipeline run --engine beam --input $(DEMO_DIR)/clicks --output $(DEMO_DIR)/train \
+	$(BIN)/shardflow pipeline run --engine beam --input $(DEMO_DIR)/clicks --output $(DEMO_DIR)/train --partition-by day \
 	    --label label --formats parquet,tfrecord --rows-per-shard 100000 --split train=0.8,eval=0.2
 	$(BIN)/shardflow data inspect $(DEMO_DIR)/train --max-shards 4
 	$(BIN)/shardflow data verify $(DEMO_DIR)/train
@@ -27,6 +26,14 @@ demo: $(VENV)/.installed
 	$(BIN)/shardflow checkpoints list $(DEMO_DIR)/run/checkpoints
 	$(BIN)/shardflow checkpoints export $(DEMO_DIR)/run/checkpoints $(DEMO_DIR)/export-int8 \
 	    --format saved_model,tflite --quantize int8
+	@echo "--- a fifth day arrives; retrain picks up only that day (examples/retrain.yaml)"
+	$(BIN)/shardflow data synth --rows 100000 --days 1 --start-date 2026-01-05 --rows-per-shard 50000 --append --output $(DEMO_DIR)/clicks
+	$(BIN)/shardflow retrain examples/retrain.yaml --raw $(DEMO_DIR)/clicks --dataset $(DEMO_DIR)/train \
+	    --checkpoint-dir $(DEMO_DIR)/run/checkpoints --model-dir $(DEMO_DIR)/models; \
+	    code=$$?; test $$code -eq 0 -o $$code -eq 3  # 3: trained, not promoted
+	$(BIN)/shardflow retrain examples/retrain.yaml --raw $(DEMO_DIR)/clicks --dataset $(DEMO_DIR)/train \
+	    --checkpoint-dir $(DEMO_DIR)/run/checkpoints --model-dir $(DEMO_DIR)/models
+	$(BIN)/shardflow checkpoints list $(DEMO_DIR)/run/checkpoints
 
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest

@@ -5,8 +5,9 @@ Leases are numbered records (``<url>/l00000001.json`` ...), each created exclusi
 newest is the lease. Taking it means creating the next number, so of two processes racing
 for it exactly one wins. The holder renews it (rewrites its own record with a later expiry)
 while it works and deletes it when done; a lease not renewed before it expires (its holder
-died) is taken over by creating the next number. A holder that finds a newer record than its
-own has lost the lease and must stop before it commits anything.
+died) is taken over by creating the next number, at once when the holder ran on this host
+and its process is gone. A holder that finds a newer record than its own has lost the lease
+and must stop before it commits anything.
 """
 
 from __future__ import annotations
@@ -65,8 +66,25 @@ class Lease:
 
     def _body(self) -> dict[str, Any]:
         now = _now()
-        return {"holder": self.holder, "renewed_at": now.isoformat(),
+        return {"holder": self.holder, "host": socket.gethostname(), "pid": os.getpid(), "renewed_at": now.isoformat(),
                 "expires_at": (now + _dt.timedelta(seconds=self.seconds)).isoformat()}
+
+    @staticmethod
+    def _holder_gone(data: Mapping[str, Any]) -> bool:
+        """The holder ran on this host and its process is gone (killed: it never released):
+        no need to wait for the expiry. In a restarted container this process may have the
+        dead holder's pid, which is then gone too."""
+        if data.get("host") != socket.gethostname() or not isinstance(data.get("pid"), int):
+            return False
+        if data["pid"] == os.getpid():
+            return True
+        try:
+            os.kill(data["pid"], 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:  # alive, another user's
+            return False
+        return False
 
     def acquire(self) -> Lease:
         """Take the lease, or take over an expired one.
@@ -77,11 +95,12 @@ class Lease:
         current = self.log.latest()
         if current is not None:
             expires = _dt.datetime.fromisoformat(current.data["expires_at"])
-            if expires > _now():
+            if expires > _now() and not self._holder_gone(current.data):
                 raise LeaseHeldError(
                     f"{redact_url(self.log.url)}: held by {current.data['holder']} until {expires:%Y-%m-%d %H:%M:%S} "
                     "UTC; another run is in progress (it is taken over if not renewed by then).")
-            log.warning("taking over the lease of %s, which expired at %s", current.data["holder"], expires)
+            log.warning("taking over the lease of %s (expiry %s; its process is gone or it expired)",
+                        current.data["holder"], expires)
         try:
             self.record = self.log.append(self._body())
         except FileExistsError:

@@ -34,17 +34,18 @@ def promoted_step(record: Record | None) -> int | None:
     return int(record.data["checkpoint"]["step"]) if record is not None else None
 
 
-def decide(rule: PromotionRule, candidate: float, promoted: float | None) -> tuple[bool, str]:
-    """Whether ``candidate``'s metric passes ``rule`` against the promoted model's (None: there
-    is none yet), and why, in words."""
+def decide(rule: PromotionRule, candidate: float, promoted: float | None, *,
+           baseline: str = "promoted") -> tuple[bool, str]:
+    """Whether ``candidate``'s metric passes ``rule`` against the serving model's (``promoted``;
+    None: there is none yet), and why, in words; ``baseline`` names what that model is."""
     sign = -1.0 if rule.metric in LOWER_IS_BETTER else 1.0
     if rule.min_value is not None and sign * candidate < sign * rule.min_value:
         bound = "at most" if sign < 0 else "at least"
         return False, f"{rule.metric} {candidate:.4f} misses min_value: {bound} {rule.min_value:g} is required"
     if promoted is None:
-        return True, "no model promoted yet"
+        return True, "no model to compare with yet"
     change = sign * (candidate - promoted)  # > 0: better
     if change < -rule.max_regression:
-        return False, (f"{rule.metric} {candidate:.4f} is worse than the promoted {promoted:.4f} by {-change:.4f}, "
+        return False, (f"{rule.metric} {candidate:.4f} is worse than the {baseline} {promoted:.4f} by {-change:.4f}, "
                        f"more than max_regression {rule.max_regression:g}")
-    return True, f"{rule.metric} {candidate:.4f} against the promoted {promoted:.4f} ({sign * change:+.4f})"
+    return True, f"{rule.metric} {candidate:.4f} against the {baseline} {promoted:.4f} ({sign * change:+.4f})"

@@ -125,7 +125,8 @@ def retrain(config: RetrainConfig, *, say: Say | None = None, train_progress: Ca
         metrics = _evaluate(config, plan, candidate, tell)
         rule = section.promotion
         promote, reason = decide(rule, metrics["candidate"][rule.metric],
-                                 metrics["promoted"][rule.metric] if metrics["promoted"] else None)
+                                 metrics["promoted"][rule.metric] if metrics["promoted"] else None,
+                                 baseline=metrics["baseline"] or "")
         tell(f"{'promote' if promote else 'keep the promoted model'}: {reason}")
         promotion = _promote(config, plan, candidate, metrics, reason, lease, tell) if promote else None
         lease.check()
@@ -281,12 +282,14 @@ def _evaluate(config: RetrainConfig, plan: _Plan, candidate: dict[str, Any], tel
         raise ValueError(f"{redact_url(section.dataset)}: the new partitions have no {split!r} rows to compare the "
                          f"models on (splits: {sorted(newest.manifest.splits())}); give the pipeline an eval split.")
     clock = time.perf_counter()
-    scores: dict[str, Any] = {"rows": None, "partitions": plan.pending, "split": split}
+    # The model serving now: the promoted one, else the checkpoint the candidate started from.
+    scores: dict[str, Any] = {"rows": None, "partitions": plan.pending, "split": split,
+                              "baseline": "promoted" if plan.promotion else "latest checkpoint" if plan.base else None}
     os.makedirs(section.work_dir, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="evaluate-", dir=section.work_dir) as scratch:
         for role, directory, step in (("candidate", candidate["dir"], candidate["step"]),
-                                      ("promoted", plan.base_dir if plan.promotion else None,
-                                       promoted_step(plan.promotion))):
+                                      ("promoted", plan.base_dir if plan.base else None,
+                                       plan.base.step if plan.base else None)):
             if directory is None:
                 scores[role] = None
                 continue
@@ -298,7 +301,7 @@ def _evaluate(config: RetrainConfig, plan: _Plan, candidate: dict[str, Any], tel
             scores["rows"] = int(metrics.pop("rows", 0)) or scores["rows"]
             scores[role] = {"step": step, **{k: round(float(v), 6) for k, v in metrics.items()}}
     plan.timings["evaluate"] = time.perf_counter() - clock
-    shown = ", ".join(f"{role} {scores[role][section.promotion.metric]:.4f}"
+    shown = ", ".join(f"{scores['baseline'] if role == 'promoted' else role} {scores[role][section.promotion.metric]:.4f}"
                       for role in ("candidate", "promoted") if scores[role])
     tell(f"evaluate on {scores['rows']:,} {split} rows of {_span(plan.pending)}: {section.promotion.metric} {shown}")
     return scores
