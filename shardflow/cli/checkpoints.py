@@ -98,10 +98,12 @@ def list_command(url: Url, model_dir: Annotated[Optional[str], typer.Option(
         table.add_column(col, justify="left" if col in ("created", "state") else "right", no_wrap=True)
     for r in rows:  # latest and promoted are committed
         state = "[yellow]uncommitted[/]" if not r["committed"] else "latest" if r["latest"] else "committed"
-        state += " [green]promoted[/]" if r["promoted"] else f" (p{r['promotion']})" if r["promotion"] else ""
+        state += "*" if r["promoted"] else "+" if r["promotion"] else ""
         table.add_row(f"{r['step']:,}", r["created"][5:16].replace("T", " ") if r["created"] else "-", human_bytes(r["bytes"]), state,
                       _fmt(r["train_loss"], ".4f"), _fmt((r["eval"] or {}).get("auc"), ".4f"), _fmt(r["examples"], ","))
     out.print(table)
+    if any(r["promotion"] for r in rows):
+        out.print("* promoted: serving now; + promoted before (MODEL_DIR/_promotions)", highlight=False)
     sources = {(r["dataset"]["url"], r["dataset"]["version"], r["workers"], r["ps"]) for r in rows if r["dataset"]}
     for url, version, workers, ps in sorted(sources, key=str):
         out.print(f"trained on {url} version {version} by {workers} worker(s) and {ps} ps")

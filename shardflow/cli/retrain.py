@@ -72,7 +72,8 @@ def _summary(record: dict[str, Any], url: str | None) -> Table:
                   + (f" (warm start from {record['steps']['warm_start']:,})" if record["steps"]["warm_start"] is not None
                      else " (from scratch)")),
         (f"candidate {metric}", f"{scores['candidate'][metric]:.4f} on {scores['rows']:,} {scores['split']} rows"),
-        (f"promoted {metric}", f"{promoted[metric]:.4f} (step {promoted['step']:,})" if promoted else "- (none yet)"),
+        (f"{scores.get('baseline') or 'promoted'} {metric}",
+         f"{promoted[metric]:.4f} (step {promoted['step']:,})" if promoted else "- (none yet)"),
         ("decision", f"{record['decision']}: {record['reason']}"),
         ("promotion", f"p{record['promotion']:08d}" if record["promotion"] else "-"),
         ("seconds", ", ".join(f"{k} {v:.1f}" for k, v in record["seconds"].items())),

@@ -264,13 +264,27 @@ def _run_training(train_config: Any, progress: Callable[..., None] | None) -> No
                                f"{train_config.run_dir}/logs")
         return
     from shardflow.training.strategy import parse_tf_config
+
+    _quiet_tensorflow()
     from shardflow.training.trainer import train
 
     train(train_config, cluster=parse_tf_config() if train_config.cluster == "tf-config" else None, progress=progress)
 
 
+def _quiet_tensorflow() -> None:
+    """Load TensorFlow without its C++ start-up notes and, unless logging at INFO, its Python
+    warnings (retracing hints for each model scored), as ``train`` does."""
+    from shardflow.training import quiet_native_stderr
+
+    with quiet_native_stderr():
+        from shardflow.training._tf import tf
+    if not log.isEnabledFor(logging.INFO):
+        tf.get_logger().setLevel(logging.ERROR)
+
+
 def _evaluate(config: RetrainConfig, plan: _Plan, candidate: dict[str, Any], tell: Say) -> dict[str, Any]:
     """Step 4: both models on the same eval rows of the new partitions."""
+    _quiet_tensorflow()
     from shardflow.training.evaluation import evaluate_model, predict_logits, split_data
     from shardflow.training.inputs import ShardReader
     from shardflow.training.state import load_checkpoint
