@@ -43,6 +43,7 @@ bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/synth_bench.py
 	$(BIN)/python benchmarks/pipeline_bench.py
 	$(BIN)/python benchmarks/train_bench.py
+	$(BIN)/python benchmarks/retrain_bench.py
 	@test -d $(DEMO_DIR)/run/checkpoints || $(MAKE) demo
 	$(BIN)/python benchmarks/export_bench.py --checkpoints $(DEMO_DIR)/run/checkpoints
 

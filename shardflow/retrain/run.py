@@ -278,6 +278,8 @@ def _quiet_tensorflow() -> None:
 
     with quiet_native_stderr():
         from shardflow.training._tf import tf
+
+        tf.zeros([])  # the runtime starts (and probes for GPUs) at the first op
     if not log.isEnabledFor(logging.INFO):
         tf.get_logger().setLevel(logging.ERROR)
 
