@@ -29,7 +29,7 @@ def _friendly(error: ValidationError, source: str) -> ValueError:
         value = item.get("input")
         shown = "" if isinstance(value, dict) else f": {value!r}"
         lines.append(f"Invalid value for `{where}`{shown}. {item['msg']}")
-    return ValueError(f"{source}:\n  " + "\n  ".join(lines))
+    return ValueError(f"{source}: " + "; ".join(lines))  # one line: the CLI prints one `error:` line
 
 
 def load_model(model: type[Model], path: str | None, overrides: dict[str, Any] | None, *, what: str) -> Model:
@@ -44,7 +44,7 @@ def load_model(model: type[Model], path: str | None, overrides: dict[str, Any] |
         try:
             loaded = yaml.safe_load(Path(path).read_text())
         except yaml.YAMLError as e:
-            raise ValueError(f"{path}: not valid YAML: {e}") from None
+            raise ValueError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ValueError(f"{path}: expected a mapping of settings, got {type(loaded).__name__}")
         data.update(loaded or {})

@@ -131,6 +131,8 @@ def train(config: TrainConfig, *, cluster: ClusterSpec | None = None, progress: 
     local_checkpoints = os.path.join(config.run_dir, "checkpoints-local")
     restored, began = _resume(state, store, config, workers=workers,
                               local_dir=os.path.join(local_checkpoints, "restored"))
+    # The configured rate, not the one restored with the optimizer: a retrain may change it.
+    optimizer.learning_rate.assign(config.learning_rate)
     total_steps = began + run_steps if config.warm_start else run_steps  # a warm start counts from where it began
     start_step = int(optimizer.iterations.numpy())
     layout = checkpoint_layout(checkpoint)

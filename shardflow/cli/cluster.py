@@ -39,9 +39,6 @@ def _load_config(path: str) -> Any:
         return load_train_config(path)
     except yaml.YAMLError as e:
         raise ValueError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
-    except ValueError as e:  # validation errors come one per line: keep the one-line `error:` contract
-        first, *rest = [line.strip() for line in str(e).splitlines()]
-        raise ValueError(" ".join([first, "; ".join(rest)]) if rest else first) from None
 
 
 @cluster_app.command("spec")

@@ -18,12 +18,14 @@ A lease at the dataset keeps it to one retrain at a time.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import logging
 import os
+import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -258,7 +260,8 @@ def _run_training(train_config: Any, progress: Callable[..., None] | None) -> No
     from shardflow.training.cluster import LocalCluster
 
     if train_config.cluster == "local":
-        code = LocalCluster(train_config).run()
+        with _stdout_to_stderr():  # the coordinator's summary table is not this command's output (--json)
+            code = LocalCluster(train_config).run()
         if code:
             raise RuntimeError(f"training failed (coordinator exit code {code}); task logs are in "
                                f"{train_config.run_dir}/logs")
@@ -269,6 +272,20 @@ def _run_training(train_config: Any, progress: Callable[..., None] | None) -> No
     from shardflow.training.trainer import train
 
     train(train_config, cluster=parse_tf_config() if train_config.cluster == "tf-config" else None, progress=progress)
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """File descriptor 1 pointed at stderr for the block, for the child processes it starts too."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def _quiet_tensorflow() -> None:
