@@ -38,7 +38,8 @@ class RunSummary:
 
 
 def _recorded_config(config: PipelineConfig) -> dict[str, Any]:
-    return config.model_dump(mode="json", exclude={"storage_options"})  # storage options hold credentials
+    recorded = config.model_dump(mode="json", exclude={"storage_options"})  # storage options hold credentials
+    return {**recorded, "input": redact_url(config.input), "output": redact_url(config.output)}  # so may URLs
 
 
 def run_pipeline(config: PipelineConfig, *, progress: Callable[..., None] | None = None) -> RunSummary:
@@ -110,6 +111,7 @@ def _commit_dead_letters(config: PipelineConfig, bad: Any) -> str:
     """Commit this run's bad rows (possibly none) as a dataset of their own beside the output."""
     url = join_url(config.output, DEAD_LETTER_DIR)
     with DatasetWriter(url, name="shardflow pipeline run (dead letters)", params={"output": redact_url(config.output)},
+                       mode="append" if config.append else "overwrite",  # an append keeps earlier runs' bad rows
                        storage_options=config.storage_options) as writer:
         write_parquet_shards(writer, bad.to_batches(), split="dead_letter", schema=BAD_ROW_SCHEMA)
         writer.commit(schema=BAD_ROW_SCHEMA)

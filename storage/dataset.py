@@ -277,12 +277,12 @@ class DatasetWriter:
 
         Returns the current manifest unchanged when the content is identical (a rerun).
 
-        Raises:
-            ValueError: appending with a schema different from the dataset's.
-
         Args:
             partitions: The input partitions this write added (``{"day": [...]}``), recorded in its
                 lineage entry, which appends carry forward: what each version added.
+
+        Raises:
+            ValueError: appending with a schema different from the dataset's.
             FileExistsError: another writer committed to this dataset meanwhile.
         """
         with translate_errors(self.url, self.storage_options):

@@ -5,9 +5,10 @@ Leases are numbered records (``<url>/l00000001.json`` ...), each created exclusi
 newest is the lease. Taking it means creating the next number, so of two processes racing
 for it exactly one wins. The holder renews it (rewrites its own record with a later expiry)
 while it works and deletes it when done; a lease not renewed before it expires (its holder
-died) is taken over by creating the next number, at once when the holder ran on this host
-and its process is gone. A holder that finds a newer record than its own has lost the lease
-and must stop before it commits anything.
+died) is taken over by creating the next number, at once when the holder ran on this machine
+and its process is gone. Released records are kept, marked released, so numbers are never
+reused. A holder that finds a newer record than its own has lost the lease and must stop
+before it commits anything.
 """
 
 from __future__ import annotations
@@ -17,14 +18,14 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
-from .commit import publish_bytes, temp_token
+from .commit import temp_token
 from .errors import ShardflowError
-from .manifest import record_json
 from .records import Record, RecordLog
-from .urls import redact_url, translate_errors
+from .urls import redact_url
 
 __all__ = ["LEASE_DIR", "Lease", "LeaseHeldError", "LeaseLostError"]
 
@@ -43,6 +44,20 @@ class LeaseLostError(ShardflowError):
 
 def _now() -> _dt.datetime:
     return _dt.datetime.now(_dt.timezone.utc)
+
+
+def _process_identity() -> dict[str, Any]:
+    """Who holds a lease: this process, its pid namespace and the kernel boot it runs in (a pid
+    means the same process only within both, on one host)."""
+    def read(path: str, how: Any) -> Any:
+        try:
+            return how(path)
+        except OSError:
+            return None
+
+    return {"host": socket.gethostname(), "pid": os.getpid(),
+            "boot": read("/proc/sys/kernel/random/boot_id", lambda p: open(p).read().strip()),
+            "pid_namespace": read("/proc/self/ns/pid", lambda p: os.stat(p).st_ino)}
 
 
 class Lease:
@@ -66,90 +81,89 @@ class Lease:
 
     def _body(self) -> dict[str, Any]:
         now = _now()
-        return {"holder": self.holder, "host": socket.gethostname(), "pid": os.getpid(), "renewed_at": now.isoformat(),
+        return {"holder": self.holder, **_process_identity(), "renewed_at": now.isoformat(),
                 "expires_at": (now + _dt.timedelta(seconds=self.seconds)).isoformat()}
 
     @staticmethod
-    def _holder_gone(data: Mapping[str, Any]) -> bool:
-        """The holder ran on this host and its process is gone (killed: it never released):
-        no need to wait for the expiry. In a restarted container this process may have the
-        dead holder's pid, which is then gone too."""
-        if data.get("host") != socket.gethostname() or not isinstance(data.get("pid"), int):
-            return False
-        if data["pid"] == os.getpid():
+    def _free(data: Mapping[str, Any]) -> bool:
+        """Released, expired, or held by a process of this machine (same kernel boot, same pid
+        namespace) that is gone: killed, it never released, and waiting for the expiry would
+        only delay the rerun."""
+        if data.get("released_at") or _dt.datetime.fromisoformat(data["expires_at"]) <= _now():
             return True
+        here = _process_identity()
+        if any(data.get(key) != here[key] for key in ("host", "boot", "pid_namespace")) or data.get("pid") in (None, here["pid"]):
+            return False
         try:
             os.kill(data["pid"], 0)
         except ProcessLookupError:
             return True
         except PermissionError:  # alive, another user's
-            return False
+            pass
         return False
 
     def acquire(self) -> Lease:
-        """Take the lease, or take over an expired one.
+        """Take the lease if it is free (see :meth:`_free`).
 
         Raises:
             LeaseHeldError: another holder's lease is current; the message names it and its expiry.
         """
         current = self.log.latest()
-        if current is not None:
-            expires = _dt.datetime.fromisoformat(current.data["expires_at"])
-            if expires > _now() and not self._holder_gone(current.data):
-                raise LeaseHeldError(
-                    f"{redact_url(self.log.url)}: held by {current.data['holder']} until {expires:%Y-%m-%d %H:%M:%S} "
-                    "UTC; another run is in progress (it is taken over if not renewed by then).")
-            log.warning("taking over the lease of %s (expiry %s; its process is gone or it expired)",
-                        current.data["holder"], expires)
+        if current is not None and not self._free(current.data):
+            raise LeaseHeldError(
+                f"{redact_url(self.log.url)}: held by {current.data['holder']} until "
+                f"{_dt.datetime.fromisoformat(current.data['expires_at']):%Y-%m-%d %H:%M:%S} UTC; another run is in "
+                "progress (it is taken over if not renewed by then).")
+        if current is not None and not current.data.get("released_at"):
+            log.warning("taking over the lease of %s (it expired, or its process is gone)", current.data["holder"])
         try:
             self.record = self.log.append(self._body())
         except FileExistsError:
             raise LeaseHeldError(f"{redact_url(self.log.url)}: another process took the lease just now.") from None
-        if current is not None:  # the expired one, and any older: the newest record is the lease
-            for older in self.log.list()[:-1]:
-                if older.number < self.record.number:
-                    self._delete(older.number)
+        for older in self.log.list():  # numbers are never reused: the newest record is the lease
+            if older.number < self.record.number:
+                self.log.delete(older.number)
         return self
-
-    def _delete(self, number: int) -> None:
-        with translate_errors(self.log.url, self.log.storage_options):
-            try:
-                self.log.fs.rm_file(self.log._path(number))
-            except FileNotFoundError:
-                pass
 
     def check(self) -> None:
         """Raise :class:`LeaseLostError` if the lease was lost (call before committing anything)."""
         if self._error is not None:
             raise self._error
         latest = self.log.latest()
-        if self.record is None or latest is None or latest.number != self.record.number:
+        if self.record is None or latest is None or latest.number != self.record.number or \
+                latest.data.get("holder") != self.holder:
             raise LeaseLostError(f"{redact_url(self.log.url)}: this run's lease was taken over (it was not renewed "
                                  "in time); stopping before committing anything.")
 
     def renew(self) -> None:
         self.check()
         assert self.record is not None
-        body = {"number": self.record.number, **self._body()}
-        with translate_errors(self.log.url, self.log.storage_options):
-            publish_bytes(self.log.fs, self.log._path(self.record.number), record_json(body).encode())
+        self.log.rewrite(self.record.number, self._body())
 
     def _renew_loop(self) -> None:
-        while not self._stop.wait(self.seconds / 3):
+        renewed = time.monotonic()
+        while not self._stop.wait(self.seconds / 6 if time.monotonic() - renewed > self.seconds / 3 else self.seconds / 3):
             try:
                 self.renew()
-            except BaseException as e:  # handed to the job at its next check()
-                self._error = e if isinstance(e, LeaseLostError) else LeaseLostError(f"renewing the lease failed: {e}")
+                renewed = time.monotonic()
+            except LeaseLostError as e:  # handed to the job at its next check()
+                self._error = e
                 return
+            except Exception as e:  # a storage hiccup: the record stays valid until it expires
+                if time.monotonic() - renewed > self.seconds / 2:
+                    self._error = LeaseLostError(f"renewing the lease failed for {self.seconds / 2:.0f} s: {e}")
+                    return
+                log.warning("renewing the lease failed (%s); trying again", e)
 
     def release(self) -> None:
+        """Stop renewing; mark the record released (kept, so that its number is never reused)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
         if self.record is not None and self._error is None:
             latest = self.log.latest()
-            if latest is not None and latest.number == self.record.number:
-                self._delete(self.record.number)
+            if latest is not None and latest.number == self.record.number and latest.data.get("holder") == self.holder:
+                self.log.rewrite(self.record.number, {**self._body(), "released_at": _now().isoformat()})
         self.record = None
 
     def __enter__(self) -> Lease:

@@ -1,6 +1,7 @@
-"""Numbered JSON records under a URL, each created exclusively and never rewritten: the newest
-is the current state (a promotion pointer, a run history), and two writers racing for the same
-number cannot both win.
+"""Numbered JSON records under a URL, each created exclusively: the newest is the current state
+(a promotion pointer, a run history, a lease), and two writers racing for the same number
+cannot both win. Promotion and run records are never rewritten; a lease's holder rewrites its
+own record to renew it.
 
 ``<url>/<prefix>00000001.json``, ``<prefix>00000002.json`` ... (e.g. ``_promotions/p00000003.json``).
 """
@@ -65,12 +66,39 @@ class RecordLog:
         except ValueError as e:
             raise ManifestError(f"{redact_url(url)}: not a valid record: {e}") from None
 
+    def _read_present(self, numbers: list[int]) -> list[Record]:
+        found = []
+        for number in numbers:
+            try:
+                found.append(self.read(number))
+            except FileNotFoundError:  # deleted since it was listed (an old lease tidied away)
+                continue
+        return found
+
     def list(self) -> list[Record]:
-        return [self.read(n) for n in self._numbers()]
+        return self._read_present(self._numbers())
 
     def latest(self) -> Record | None:
-        numbers = self._numbers()
-        return self.read(numbers[-1]) if numbers else None
+        for _ in range(3):  # the newest may be deleted between listing and reading: list again
+            numbers = self._numbers()
+            if not numbers:
+                return None
+            found = self._read_present(numbers[-1:])
+            if found:
+                return found[0]
+        return (self.list() or [None])[-1]
+
+    def rewrite(self, number: int, data: Mapping[str, Any]) -> None:
+        """Replace record ``number``'s content (readers see the old or the new one, whole)."""
+        with translate_errors(self.url, self.storage_options):
+            publish_bytes(self.fs, self._path(number), record_json({**data, "number": number}).encode())
+
+    def delete(self, number: int) -> None:
+        with translate_errors(self.url, self.storage_options):
+            try:
+                self.fs.rm_file(self._path(number))
+            except FileNotFoundError:
+                pass
 
     def append(self, data: Mapping[str, Any]) -> Record:
         """Create the next record exclusively (``number`` is added to ``data``).

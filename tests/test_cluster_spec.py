@@ -148,7 +148,7 @@ def _wait_serving(proc: subprocess.Popen[bytes], address: str, *, timeout: float
     raise AssertionError(f"train-server did not serve on {address} within {timeout:.0f} s:\n{log.read_text()[-3000:]}")
 
 
-def test_tf_config_of_every_task_and_a_real_ps_serves_it(train_yaml: str, tmp_path: Path) -> None:
+def test_tf_config_of_every_task_and_real_servers_serve_them(train_yaml: str, tmp_path: Path) -> None:
     tasks = json.loads(_spec(train_yaml, "--workers", "2", "--ps", "2", "--format", "tf-config").stdout)
     assert list(tasks) == ["chief-0", "worker-0", "worker-1", "ps-0", "ps-1"]
     for task, tf_config in tasks.items():
@@ -158,20 +158,29 @@ def test_tf_config_of_every_task_and_a_real_ps_serves_it(train_yaml: str, tmp_pa
     config = tmp_path / "container.yaml"
     config.write_text(_spec(train_yaml, "--workers", "2", "--ps", "2", "--format", "config").stdout)
 
+    # Every ps and worker task's TF_CONFIG, moved to 127.0.0.1 ports, served by a real train-server
+    # (workers without the config: preparing their shards would need the job's bucket).
+    procs: dict[str, subprocess.Popen[bytes]] = {}
     local = _on_loopback(tasks["ps-1"])
-    env = {**os.environ, "TF_CONFIG": json.dumps(local), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    log = tmp_path / "ps-1.log"
-    with open(log, "wb") as log_file:
-        proc = subprocess.Popen([sys.executable, "-m", "shardflow", "train-server", str(config)], env=env,
-                                stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
     try:
-        _wait_serving(proc, local["cluster"]["ps"][1], timeout=45, log=log)
+        for task in ("ps-0", "ps-1", "worker-0", "worker-1"):
+            spec = parse_tf_config(json.dumps(tasks[task]))
+            own = {"cluster": local["cluster"], "task": {"type": spec.task_type, "index": spec.task_index}}
+            env = {**os.environ, "TF_CONFIG": json.dumps(own), "TF_CPP_MIN_LOG_LEVEL": "2"}
+            args = [str(config)] if spec.task_type == "ps" else []
+            with open(tmp_path / f"{task}.log", "wb") as log_file:
+                procs[task] = subprocess.Popen([sys.executable, "-m", "shardflow", "train-server", *args], env=env,
+                                               stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                               start_new_session=True)
+        for task, proc in procs.items():
+            job, index = task.split("-")
+            _wait_serving(proc, local["cluster"][job][int(index)], timeout=90, log=tmp_path / f"{task}.log")
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    assert proc.returncode == -signal.SIGKILL  # it was still serving when stopped
+        for proc in procs.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+    assert all(proc.returncode == -signal.SIGKILL for proc in procs.values())  # each was serving when stopped
 
 
 def test_vertex_pools_chief_workers_ps(train_yaml: str) -> None:

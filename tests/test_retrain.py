@@ -235,8 +235,14 @@ def _run_steps(ckpt: Path, run: str) -> list[int]:
 
 
 def _lease_files(world: Path) -> list[Path]:
+    """The lease records not marked released (a released one is kept: numbers are never reused)."""
     leases = world / "train" / "_leases"
-    return sorted(leases.glob("l*.json")) if leases.is_dir() else []
+    held = []
+    for path in sorted(leases.glob("l*.json")) if leases.is_dir() else []:
+        with contextlib.suppress(OSError, ValueError):  # deleted or being replaced meanwhile
+            if not json.loads(path.read_text()).get("released_at"):
+                held.append(path)
+    return held
 
 
 # -- two retrains every test starts from -----------------------------------------------------------
@@ -287,7 +293,7 @@ def test_first_retrain_ingests_both_days_trains_from_scratch_and_promotes(histor
     assert promotion["number"] == 1 and promotion["decision"] == "promoted" and promotion["previous"] is None
     assert promotion["checkpoint"]["dir"] == str(world / "ckpt") and promotion["checkpoint"]["step"] == final
     assert promotion["dataset"] == {"url": str(world / "train"), "version": 1}
-    assert promotion["partitions"] == {"day": DAYS[:2]} and promotion["trained_on"] == {"day": DAYS[:2]}
+    assert promotion["partitions"]["new"] == DAYS[:2] and promotion["partitions"]["trained_on"] == DAYS[:2]
     assert promotion["export"] == str(world / "models" / "exports" / str(final))
     assert (world / "models" / "exports" / str(final) / "saved_model" / "saved_model.pb").is_file()
 
@@ -329,7 +335,7 @@ def test_a_new_day_is_ingested_alone_and_trained_on_with_a_replay_warm_started(h
     latest = promotions[-1]
     assert latest["previous"] == {"number": 1, "step": before}
     assert latest["checkpoint"]["step"] == final and latest["dataset"]["version"] == 2
-    assert latest["partitions"] == {"day": [DAYS[2]]} and latest["trained_on"] == {"day": DAYS[1:3]}
+    assert latest["partitions"]["new"] == [DAYS[2]] and latest["partitions"]["trained_on"] == DAYS[1:3]
     assert [r["run"] for r in _records(world / "models" / "_runs")] == ["retrain-v00000001", "retrain-v00000002"]
 
     candidate = CheckpointStore(str(world / "ckpt")).find(final)
@@ -384,8 +390,9 @@ def _write_lease(world: Path, holder: str, expires: dt.datetime) -> None:
     leases = world / "train" / "_leases"
     leases.mkdir(parents=True, exist_ok=True)
     renewed = expires - dt.timedelta(minutes=10)
-    (leases / "l00000001.json").write_text(json.dumps({
-        "number": 1, "holder": holder, "host": "elsewhere", "pid": 1,
+    number = max([int(p.stem[1:]) for p in leases.glob("l*.json")] or [0]) + 1  # the newest record is the lease
+    (leases / f"l{number:08d}.json").write_text(json.dumps({
+        "number": number, "holder": holder, "host": "elsewhere", "pid": 1,
         "renewed_at": renewed.isoformat(), "expires_at": expires.isoformat()}))
 
 
@@ -397,6 +404,8 @@ def test_an_expired_lease_is_taken_over(history: History) -> None:
     _error_line(_shardflow(world, "retrain", CONFIG, timeout=300), "held by ghost", code=1)
     assert len(_records(world / "models" / "_runs")) == 2
 
+    for path in (world / "train" / "_leases").glob("l*.json"):  # the refused run left the ghost's as it was
+        path.unlink()
     _write_lease(world, "ghost", now - dt.timedelta(minutes=1))
     proc, record = _retrain(world)
     assert "ghost" in proc.stderr  # the warning naming whose lease was taken over
@@ -461,6 +470,46 @@ def test_killed_in_training_the_rerun_resumes_its_own_checkpoints(history: Histo
     assert began in store.steps()  # the promoted checkpoint survives the run's retention
     assert [r["run"] for r in _records(world / "models" / "_runs")].count(run) == 1
     assert _lease_files(world) == []
+
+
+def test_killed_in_its_first_training_the_rerun_resumes(tmp_path: Path) -> None:
+    """No promotion yet: the killed run's own checkpoints are not taken for a finished model."""
+    world = tmp_path / "world"
+    world.mkdir()
+    proc = _shardflow(world, "data", "synth", "--rows", str(2 * ROWS_PER_DAY), "--days", "2",
+                      "--rows-per-shard", str(RAW_ROWS_PER_SHARD), "--output", "clicks", timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    config = _config(world, "resume.yaml", retrain={"epochs": 2.0}, train={"checkpoint": {"every_steps": 10}})
+    run, ckpt = "retrain-v00000001", world / "ckpt"
+    with _started(world, tmp_path / "logs", "retrain", config) as killed:
+        _wait_for(lambda: _run_steps(ckpt, run), killed, f"checkpoint of {run}")
+        killed.kill()
+    cut = _run_steps(ckpt, run)
+    expected = _steps(world, DAYS[:2], epochs=2.0)
+    assert cut and max(cut) < expected, (cut, expected)
+
+    _, record = _retrain(world, config)
+    assert record["run"] == run and record["decision"] == "promoted" and record["partitions"]["new"] == DAYS[:2]
+    assert record["steps"] == {"warm_start": None, "began_at": 0, "final": expected}
+    resumed = [step for step in _run_steps(ckpt, run) if step not in cut]
+    assert resumed and min(resumed) > max(cut), (cut, resumed)
+
+
+def test_stopped_between_promotion_and_run_record_the_rerun_records_it(history: History) -> None:
+    """The state a crash right after the promotion record leaves: promoted, no run record."""
+    world = history.restore("second")
+    sorted((world / "models" / "_runs").glob("r*.json"))[-1].unlink()
+    steps = CheckpointStore(str(world / "ckpt")).steps()
+    proc, record = _retrain(world)
+    assert proc.returncode == 0, proc.stderr
+    second = history.second
+    assert record["run"] == second["run"] and record["decision"] == "promoted" and record["promotion"] == 2
+    assert record["steps"] == second["steps"] and record["metrics"] == second["metrics"]
+    assert record["partitions"] == second["partitions"]
+    assert len(_records(world / "models" / "_promotions")) == 2  # not promoted again
+    assert CheckpointStore(str(world / "ckpt")).steps() == steps  # nothing trained
+    again = _shardflow(world, "retrain", CONFIG)
+    assert again.returncode == 0 and again.stdout.startswith("nothing to do"), again.stdout
 
 
 def test_a_candidate_below_min_value_is_not_promoted(history: History) -> None:
@@ -569,10 +618,11 @@ def test_on_s3_promotes_and_no_record_holds_the_secret(s3_server: S3Server, tmp_
     raw, data = (_rows_by_day(f"{prefix}/{name}", s3_server.storage_options) for name in ("clicks", "train"))
     assert {day: t.num_rows for day, t in data.items()} == {day: t.num_rows for day, t in raw.items()} == \
         {DAYS[0]: 5_000, DAYS[1]: 5_000}
-    assert not fs.find(f"{root}/train/_leases")
+    leases = [json.loads(fs.cat_file(path)) for path in fs.find(f"{root}/train/_leases")]
+    assert leases and all(lease.get("released_at") for lease in leases)  # kept, marked released
     secret = TEST_SECRET.encode()
     looked_at = [*fs.find(f"{root}/models"), *fs.find(f"{root}/ckpt/_checkpoints"), *fs.find(f"{root}/train/_manifests"),
-                 f"{root}/train/manifest.json"]
+                 *fs.find(f"{root}/train/_leases"), f"{root}/train/manifest.json"]
     assert len(looked_at) > 5
     for path in looked_at:
         assert secret not in fs.cat_file(path), path

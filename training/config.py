@@ -32,11 +32,10 @@ class CheckpointConfig(StrictModel):
 
 class WarmStart(StrictModel):
     """Start from another run's model and optimizer (not its input positions: the data is new),
-    whatever its number of workers or ps; ``steps``/``epochs`` then count from there."""
+    whatever its number of workers or ps."""
 
     checkpoint_dir: str | None = None  # default: the run's own checkpoint_dir
     step: int = Field(ge=0)  # a committed checkpoint there
-    run: str  # names this run in its checkpoint records: a rerun resumes the checkpoints that carry it
 
 
 class TrainConfig(StrictModel):
@@ -49,6 +48,10 @@ class TrainConfig(StrictModel):
     label: str | None = None  # default: the label the pipeline recorded, else "label"
     format: Literal["auto", "tfrecord", "parquet"] = "auto"  # auto: TFRecord when the dataset has it
     partitions: dict[str, list[str]] | None = None  # train and evaluate only on shards under these (`{day: [...]}`)
+    # A run of its own in a checkpoint directory that holds others' checkpoints (retraining): its
+    # checkpoint records carry the name, a rerun resumes only those, and `steps`/`epochs` count
+    # from where it began (after the newest checkpoint there).
+    run_name: str | None = None
     warm_start: WarmStart | None = None
     model_dir: str | None = None  # where retraining promotes this model's exports (noted in checkpoint records)
     export: bool = True  # write a SavedModel at the end (retraining exports only what it promotes)
@@ -83,6 +86,8 @@ class TrainConfig(StrictModel):
     def _consistent(self) -> TrainConfig:
         if self.cluster == "local" and self.ps < 1:
             raise ValueError("a local cluster needs at least one ps (`ps` >= 1)")
+        if self.warm_start and not self.run_name:  # else a rerun could not tell its checkpoints from the source's
+            raise ValueError("`warm_start` needs `run_name`")
         return self
 
     def resolved_checkpoint_dir(self) -> str:

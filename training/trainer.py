@@ -133,7 +133,7 @@ def train(config: TrainConfig, *, cluster: ClusterSpec | None = None, progress: 
                               local_dir=os.path.join(local_checkpoints, "restored"))
     # The configured rate, not the one restored with the optimizer: a retrain may change it.
     optimizer.learning_rate.assign(config.learning_rate)
-    total_steps = began + run_steps if config.warm_start else run_steps  # a warm start counts from where it began
+    total_steps = began + run_steps if config.run_name else run_steps  # a named run counts from where it began
     start_step = int(optimizer.iterations.numpy())
     layout = checkpoint_layout(checkpoint)
     summary = TrainSummary(strategy=strategy_name, start_step=start_step, steps=start_step, sharded=_sharded(layout),
@@ -202,8 +202,9 @@ def train(config: TrainConfig, *, cluster: ClusterSpec | None = None, progress: 
            resumed_from=summary.resumed_from, format=fmt)
     recorded = _recorded_settings(config, dataset, spec, workers=workers, ps=cluster.ps if ps_mode and cluster else 0,
                                   layout=layout, sharded=summary.sharded)
-    if config.warm_start:  # a rerun of this run resumes the checkpoints that carry its name
-        recorded["run"] = {"name": config.warm_start.run, "began_at": began, "warm_start": config.warm_start.step}
+    if config.run_name:  # a rerun of this run resumes the checkpoints that carry its name
+        recorded["run"] = {"name": config.run_name, "began_at": began,
+                           "warm_start": config.warm_start.step if config.warm_start else None}
 
     def state(at: int) -> dict[str, Any]:
         """Noted in each checkpoint's record: where every worker's input stood, what training
@@ -304,26 +305,27 @@ def train(config: TrainConfig, *, cluster: ClusterSpec | None = None, progress: 
 def _resume(state: TrainState, store: CheckpointStore, config: TrainConfig, *, workers: int,
             local_dir: str) -> tuple[Any, int]:
     """Restore where this run stands: its own latest committed checkpoint in ``store`` (all of
-    it, input positions too), else the ``warm_start`` checkpoint's model and optimizer.
+    it, input positions too); else, for a new run, the ``warm_start`` checkpoint's model and
+    optimizer, or nothing.
 
     Returns:
-        The record of the checkpoint resumed (None for a new or warm-started run), and the
-        step this run began at (0 without a warm start).
+        The record of the checkpoint resumed (None for a new run), and the step this run began
+        at (0 for an unnamed run: its steps are absolute).
     """
-    latest, warm = store.latest(), config.warm_start
-    if latest is not None and (warm is None or (latest.metadata.get("run") or {}).get("name") == warm.run):
+    latest, name = store.latest(), config.run_name
+    if latest is not None and (name is None or (latest.metadata.get("run") or {}).get("name") == name):
         if latest.metadata.get("workers", workers) != workers:  # input positions are per worker
             raise ValueError(f"The checkpoint at step {latest.step} in {redact_url(store.url)} was written by "
                              f"{latest.metadata.get('workers')} workers; resume with the same number (got {workers}).")
         restore(state.checkpoint, store, latest, local_dir=local_dir)
-        return latest, int(latest.metadata["run"]["began_at"]) if warm else 0
-    if warm is None:
-        return None, 0
-    source = CheckpointStore(warm.checkpoint_dir or store.url, storage_options=config.storage_options)
-    restore(tf.train.Checkpoint(model=state.model, optimizer=state.optimizer), source, source.find(warm.step),
-            local_dir=local_dir, partial=True)
-    # Steps of one store only go up: a warm start from an older checkpoint numbers its own after the newest.
-    began = max(warm.step, latest.step if latest is not None else 0)
+        return latest, int(latest.metadata["run"]["began_at"]) if name else 0
+    warm = config.warm_start
+    if warm is not None:
+        source = CheckpointStore(warm.checkpoint_dir or store.url, storage_options=config.storage_options)
+        restore(tf.train.Checkpoint(model=state.model, optimizer=state.optimizer), source, source.find(warm.step),
+                local_dir=local_dir, partial=True)
+    # Steps of one store only go up: a new run numbers its own after the newest checkpoint there.
+    began = max(warm.step if warm else 0, latest.step if latest is not None else 0)
     state.optimizer.iterations.assign(began)
     return None, began
 

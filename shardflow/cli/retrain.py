@@ -12,7 +12,8 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.table import Table
 
-from shardflow.storage import parse_storage_options
+from shardflow.storage import ShardflowError, parse_storage_options
+from shardflow.storage.urls import redact_text
 
 from .common import CommandFailed, StorageOption, err, out
 from .train import train_progress
@@ -32,7 +33,6 @@ def retrain_command(
     1 failed, 2 bad input."""
     from shardflow.retrain.config import load_retrain_config
     from shardflow.retrain.run import retrain
-    from shardflow.storage.lease import LeaseHeldError, LeaseLostError
 
     urls = {"raw": raw, "dataset": dataset, "checkpoint_dir": checkpoint_dir, "model_dir": model_dir}
     overrides: dict[str, Any] = {"retrain": {k: v for k, v in urls.items() if v is not None} or None,
@@ -42,10 +42,11 @@ def retrain_command(
     try:
         with train_progress() as progress:
             outcome = retrain(config, say=say, train_progress=progress)
-    except (LeaseHeldError, LeaseLostError) as e:
-        raise CommandFailed(str(e)) from None
-    except RuntimeError as e:  # training or an upload failed; the message says where the logs are
-        raise CommandFailed(str(e)) from None
+    except ValueError:  # bad input found on the way (exit 2)
+        raise
+    except Exception as e:  # a failure (exit 1): storage, training, the lease; messages name where
+        known = isinstance(e, (OSError, RuntimeError, ShardflowError))
+        raise CommandFailed(redact_text(str(e) if known else f"{type(e).__name__}: {e}")) from None
     if as_json:
         print(json.dumps(outcome.record or {"decision": outcome.decision, "reason": outcome.reason}, indent=2))
     elif outcome.record is None:

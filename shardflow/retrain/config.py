@@ -16,8 +16,9 @@ __all__ = ["ExportSpec", "PromotionRule", "RetrainConfig", "RetrainSection", "lo
 
 
 def _absolute(url: str) -> str:
-    """Relative paths resolve against the current directory (records name where data really is)."""
-    return url if "://" in url else os.path.abspath(url)
+    """Relative paths resolve against the current directory (records name where data really is);
+    no trailing slash, so that one place has one name in every record."""
+    return url.rstrip("/") if "://" in url else os.path.abspath(url)
 
 
 class PromotionRule(StrictModel):
@@ -63,8 +64,9 @@ class RetrainSection(StrictModel):
         return self
 
 
-_SET_BY_RETRAIN = {"pipeline": ("input", "output", "storage_options"),
-                   "train": ("data", "checkpoint_dir", "run_dir", "storage_options")}
+_SET_BY_RETRAIN = {"pipeline": ("input", "output", "storage_options", "partition_by", "partitions", "append"),
+                   "train": ("data", "checkpoint_dir", "run_dir", "storage_options", "steps", "epochs", "partitions",
+                             "run_name", "warm_start", "model_dir", "export")}
 
 
 class RetrainConfig(StrictModel):
@@ -87,8 +89,8 @@ class RetrainConfig(StrictModel):
             given = dict(data.get(name) or {})
             for key in fields:
                 if key in given:
-                    raise ValueError(f"`{name}.{key}` is set by the retrain section; remove it "
-                                     f"(URLs are `retrain.raw`, `retrain.dataset`, `retrain.checkpoint_dir`).")
+                    raise ValueError(f"`{name}.{key}` is set by retraining itself (from the `retrain` section: "
+                                     "raw, dataset, checkpoint_dir, partition_column, epochs, ...); remove it")
             filled[name] = given
         run_dir = os.path.join(_absolute(str(section.get("work_dir", "shardflow-retrain"))), "train")
         filled["pipeline"].update(input=section.get("raw"), output=section.get("dataset"), storage_options=options)

@@ -37,12 +37,12 @@ from shardflow.storage.urls import is_local, join_url, resolve
 from .config import RetrainConfig
 from .promotion import decide, promoted_step, promotions, runs
 
-__all__ = ["EXIT_BAD_INPUT", "EXIT_FAILED", "EXIT_NOT_PROMOTED", "EXIT_OK", "RetrainOutcome", "raw_partitions",
-           "retrain"]
+__all__ = ["EXIT_NOT_PROMOTED", "EXIT_OK", "RUN_PREFIX", "RetrainOutcome", "raw_partitions", "retrain"]
 
 log = logging.getLogger(__name__)
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_NOT_PROMOTED = 0, 1, 2, 3  # for schedulers (README, "Retraining")
+EXIT_OK, EXIT_NOT_PROMOTED = 0, 3  # and 1 failed, 2 bad input: for schedulers (README, "Retraining")
+RUN_PREFIX = "retrain-"  # retraining names its training runs retrain-v<dataset version>
 
 Say = Callable[[str], None]
 
@@ -78,13 +78,17 @@ def raw_partitions(config: RetrainConfig) -> list[str]:
     """The values of the partition column under the raw input, sorted.
 
     Raises:
-        FileNotFoundError: nothing at the raw URL.
-        ValueError: no ``key=value/`` partitions there, or not the configured column, naming it.
+        ValueError: nothing at the raw URL, no ``key=value/`` partitions there, or not the
+            configured column, naming it.
     """
     from shardflow.pipelines.sources import list_inputs
 
     section = config.retrain
-    inputs = list_inputs(section.raw, input_format=config.pipeline.input_format, storage_options=config.storage_options)
+    try:
+        inputs = list_inputs(section.raw, input_format=config.pipeline.input_format,
+                             storage_options=config.storage_options)
+    except FileNotFoundError as e:  # bad input, not a failure: nothing will appear there by retrying
+        raise ValueError(f"Invalid value for `retrain.raw`: {e}") from None
     columns = sorted({key for i in inputs for key in i.partition})
     shown = redact_url(section.raw)
     if not columns:
@@ -108,7 +112,7 @@ def retrain(config: RetrainConfig, *, say: Say | None = None, train_progress: Ca
 
     Raises:
         LeaseHeldError: another retrain of this dataset is running (the message names it).
-        ValueError, FileNotFoundError: bad configuration or input, naming it.
+        ValueError: bad configuration or input, naming it; anything else is a failure.
     """
     tell = say or (lambda line: None)
     section, options = config.retrain, config.storage_options
@@ -117,44 +121,84 @@ def retrain(config: RetrainConfig, *, say: Say | None = None, train_progress: Ca
     with Lease(join_url(section.dataset, LEASE_DIR), what="shardflow retrain", seconds=section.lease_seconds,
                storage_options=options) as lease:
         ingested, dataset = _ingest(config, raw, lease, tell)
-        plan = _plan(config, dataset)
-        if plan is None or not plan.pending:
-            return RetrainOutcome("nothing to do", EXIT_OK, reason=(
-                f"every {section.partition_column} partition of {redact_url(section.raw)} is in "
-                f"{redact_url(section.dataset)} and trained on"))
-        plan.timings["ingest"] = time.perf_counter() - clock
-        candidate = _train(config, plan, tell, train_progress)
-        metrics = _evaluate(config, plan, candidate, tell)
-        rule = section.promotion
-        promote, reason = decide(rule, metrics["candidate"][rule.metric],
-                                 metrics["promoted"][rule.metric] if metrics["promoted"] else None,
-                                 baseline=metrics["baseline"] or "")
-        tell(f"{'promote' if promote else 'keep the promoted model'}: {reason}")
-        promotion = _promote(config, plan, candidate, metrics, reason, lease, tell) if promote else None
+        promotion = promotions(section.model_dir, options).latest()
+        record = _interrupted_after_promotion(config, promotion)
+        if record is not None:
+            tell(f"{record['run']} was promoted (p{record['promotion']:08d}) but stopped before its run record")
+        else:
+            plan = _plan(config, dataset, promotion)
+            if plan is None or not plan.pending:
+                return RetrainOutcome("nothing to do", EXIT_OK, reason=(
+                    f"every {section.partition_column} partition of {redact_url(section.raw)} is in "
+                    f"{redact_url(section.dataset)} and trained on"))
+            plan.timings["ingest"] = time.perf_counter() - clock
+            record = _train_and_decide(config, plan, ingested, lease, tell, train_progress)
         lease.check()
-        record = {
-            "run": plan.run, "started_at": started, "finished_at": _now(),
-            "decision": "promoted" if promote else "not promoted", "reason": reason,
-            "exit_code": EXIT_OK if promote else EXIT_NOT_PROMOTED,
-            "dataset": {"url": redact_url(section.dataset), "version": plan.dataset.manifest.version},
-            "partitions": {"column": section.partition_column, "ingested": ingested, "new": plan.pending,
-                           "trained_on": plan.window},
-            "steps": {"warm_start": plan.base.step if plan.base else None, "began_at": candidate["began_at"],
-                      "final": candidate["step"]},
-            "checkpoint_dir": redact_url(section.checkpoint_dir), "metrics": metrics, "rule": rule.model_dump(),
-            "promotion": promotion.number if promotion else None,
-            "seconds": {**{k: round(v, 2) for k, v in plan.timings.items()},
-                        "total": round(time.perf_counter() - clock, 2)},
-        }
+        record.update(started_at=started, finished_at=_now())
+        record["seconds"]["total"] = round(time.perf_counter() - clock, 2)
         written = runs(section.model_dir, options).append(record)
     return RetrainOutcome(record["decision"], record["exit_code"], written.data, redact_url(written.url))
+
+
+def _train_and_decide(config: RetrainConfig, plan: _Plan, ingested: list[str], lease: Lease, tell: Say,
+                      progress: Callable[..., None] | None) -> dict[str, Any]:
+    """Steps 3 to 5; returns the run record's body."""
+    candidate = _train(config, plan, tell, progress)
+    metrics = _evaluate(config, plan, candidate, tell)
+    rule = config.retrain.promotion
+    promote, reason = decide(rule, metrics["candidate"][rule.metric],
+                             metrics["promoted"][rule.metric] if metrics["promoted"] else None,
+                             baseline=metrics["baseline"] or "")
+    tell(f"{'promote' if promote else 'keep the promoted model'}: {reason}")
+    record = _summary(config, plan, candidate, metrics, promote, reason, ingested)
+    if promote:
+        record["promotion"] = _promote(config, plan, record, lease, tell).number
+    return record
+
+
+def _summary(config: RetrainConfig, plan: _Plan, candidate: dict[str, Any], metrics: dict[str, Any], promote: bool,
+             reason: str, ingested: list[str]) -> dict[str, Any]:
+    """The run record's body (and the promotion record's): what was trained, from where, the decision."""
+    section = config.retrain
+    return {
+        "run": plan.run, "decision": "promoted" if promote else "not promoted", "reason": reason,
+        "exit_code": EXIT_OK if promote else EXIT_NOT_PROMOTED,
+        "dataset": {"url": redact_url(section.dataset), "version": plan.dataset.manifest.version},
+        "partitions": {"column": section.partition_column, "ingested": ingested, "new": plan.pending,
+                       "trained_on": plan.window},
+        "steps": {"warm_start": plan.base.step if plan.base else None, "began_at": candidate["began_at"],
+                  "final": candidate["step"]},
+        "checkpoint": {"dir": redact_url(candidate["dir"]), "step": candidate["step"],
+                       "url": redact_url(candidate["url"])},
+        "metrics": metrics, "rule": section.promotion.model_dump(), "promotion": None,
+        "seconds": {k: round(v, 2) for k, v in plan.timings.items()},
+    }
+
+
+def _interrupted_after_promotion(config: RetrainConfig, promotion: Record | None) -> dict[str, Any] | None:
+    """The run record of a run that committed its promotion record but stopped before its run
+    record (there is nothing else left for it to do), or None."""
+    if promotion is None:
+        return None
+    last = runs(config.retrain.model_dir, config.storage_options).latest()
+    if last is not None and last.data["finished_at"] >= promotion.data["created_at"]:
+        return None  # a run finished after this promotion: it was recorded
+    fields = ("run", "decision", "reason", "dataset", "partitions", "steps", "checkpoint", "metrics", "rule")
+    return {**{k: promotion.data[k] for k in fields}, "exit_code": EXIT_OK, "promotion": promotion.number,
+            "seconds": {}}
 
 
 def _ingest(config: RetrainConfig, raw: list[str], lease: Lease, tell: Say) -> tuple[list[str], Dataset | None]:
     """Step 1 and 2: append the raw partitions the dataset lacks, as one new version."""
     section = config.retrain
     dataset = _open(section.dataset, config.storage_options)
-    have = set(dataset.partitions(section.partition_column)) if dataset else set()
+    column = section.partition_column
+    outside = [s for s in dataset.manifest.shards if column not in s.partition] if dataset else []
+    if outside:  # rows of such shards cannot be told by day: every day would be ingested again
+        raise ValueError(f"Invalid value for `retrain.dataset`: {redact_url(section.dataset)} holds shards outside "
+                         f"`{column}=VALUE/` ({outside[0].path}): it was not written per {column}. Write it with "
+                         f"`shardflow pipeline run --partition-by {column}`, or give retrain a new dataset URL.")
+    have = set(dataset.partitions(column)) if dataset else set()
     new = [p for p in raw if p not in have]
     if not new:
         return [], dataset
@@ -182,19 +226,20 @@ def _span(values: list[str]) -> str:
     return values[0] if len(values) == 1 else f"{values[0]} … {values[-1]} ({len(values)})"
 
 
-def _plan(config: RetrainConfig, dataset: Dataset | None) -> _Plan | None:
+def _plan(config: RetrainConfig, dataset: Dataset | None, promotion: Record | None) -> _Plan | None:
     """Step 3's inputs: which partitions are new to the model, the replay, the warm start."""
     if dataset is None:
         return None
     section, options = config.retrain, config.storage_options
     column = section.partition_column
-    promotion = promotions(section.model_dir, options).latest()
     base_dir = section.checkpoint_dir
     if promotion is not None:
         base_dir = _checkpoint_dir(promotion.data["checkpoint"]["dir"], section.checkpoint_dir)
         base = CheckpointStore(base_dir, storage_options=options).find(promoted_step(promotion))
-    else:
-        base = CheckpointStore(base_dir, storage_options=options).latest()
+    else:  # the newest model a person trained: a retrain's candidates serve only once promoted
+        trained = [c for c in CheckpointStore(base_dir, storage_options=options).list()
+                   if not str((c.metadata.get("run") or {}).get("name", "")).startswith(RUN_PREFIX)]
+        base = trained[-1] if trained else None
     last_run = runs(section.model_dir, options).latest()
     seen_version = max(_trained_version(base, dataset), int(last_run.data["dataset"]["version"]) if last_run else 0)
     covered = _partitions_until(dataset, column, seen_version)
@@ -203,7 +248,7 @@ def _plan(config: RetrainConfig, dataset: Dataset | None) -> _Plan | None:
     before = [p for p in present if p < pending[0]] if pending else []
     window = before[len(before) - section.replay_days:] + pending if section.replay_days else pending
     return _Plan(dataset=dataset, pending=pending, window=window, base=base, base_dir=base_dir, promotion=promotion,
-                 run=f"retrain-v{dataset.manifest.version:08d}")
+                 run=f"{RUN_PREFIX}v{dataset.manifest.version:08d}")
 
 
 def _checkpoint_dir(recorded: str, configured: str) -> str:
@@ -235,10 +280,10 @@ def _train(config: RetrainConfig, plan: _Plan, tell: Say, progress: Callable[...
 
     section = config.retrain
     warm = WarmStart(checkpoint_dir=None if plan.base_dir == section.checkpoint_dir else plan.base_dir,
-                     step=plan.base.step, run=plan.run) if plan.base is not None else None
+                     step=plan.base.step) if plan.base is not None else None
     train_config = config.train.model_copy(update={
-        "partitions": {section.partition_column: plan.window}, "warm_start": warm, "model_dir": section.model_dir,
-        "export": False, "steps": None, "epochs": section.epochs})
+        "partitions": {section.partition_column: plan.window}, "run_name": plan.run, "warm_start": warm,
+        "model_dir": section.model_dir, "export": False, "steps": None, "epochs": section.epochs})
     start = f"warm start from step {plan.base.step}" if plan.base is not None else "from scratch"
     tell(f"train on {_span(plan.window)} ({len(plan.pending)} new, {len(plan.window) - len(plan.pending)} replayed), "
          f"{section.epochs:g} epoch(s), {start}, {train_config.cluster} cluster")
@@ -248,7 +293,7 @@ def _train(config: RetrainConfig, plan: _Plan, tell: Say, progress: Callable[...
     store = CheckpointStore(section.checkpoint_dir, storage_options=config.storage_options)
     latest = store.latest()
     run = (latest.metadata.get("run") or {}) if latest is not None else {}
-    if latest is None or (warm is not None and run.get("name") != plan.run):
+    if latest is None or run.get("name") != plan.run:
         raise RuntimeError(f"training ended without committing a checkpoint of {plan.run} in "
                            f"{redact_url(section.checkpoint_dir)}")
     tell(f"  trained to step {latest.step:,} in {plan.timings['train']:.1f} s")
@@ -340,55 +385,45 @@ def _evaluate(config: RetrainConfig, plan: _Plan, candidate: dict[str, Any], tel
     return scores
 
 
-def _promote(config: RetrainConfig, plan: _Plan, candidate: dict[str, Any], metrics: dict[str, Any], reason: str,
-             lease: Lease, tell: Say) -> Record:
+def _promote(config: RetrainConfig, plan: _Plan, summary: dict[str, Any], lease: Lease, tell: Say) -> Record:
     """Step 5: export the candidate (unless a cut-short run already did), then the promotion record."""
     section, options = config.retrain, config.storage_options
-    log_ = promotions(section.model_dir, options)
-    latest = log_.latest()
-    if latest is not None and latest.data["checkpoint"]["step"] == candidate["step"] and \
-            latest.data["checkpoint"]["dir"] == redact_url(candidate["dir"]):
-        return latest  # promoted by the run that was cut short after its promotion record
     clock = time.perf_counter()
-    location = _export(config, candidate, tell)
-    plan.timings["export"] = time.perf_counter() - clock
+    candidate = summary["checkpoint"]
+    location = _export(config, candidate["step"], tell)
+    plan.timings["export"] = summary["seconds"]["export"] = round(time.perf_counter() - clock, 2)
     lease.check()
-    record = log_.append({
-        "created_at": _now(), "run": plan.run, "decision": "promoted", "reason": reason,
-        "checkpoint": {"dir": redact_url(candidate["dir"]), "step": candidate["step"],
-                       "url": redact_url(candidate["url"])},
-        "export": location, "dataset": {"url": redact_url(section.dataset), "version": plan.dataset.manifest.version},
-        "partitions": {section.partition_column: plan.pending}, "trained_on": {section.partition_column: plan.window},
-        "metrics": metrics, "rule": section.promotion.model_dump(),
-        "previous": {"number": plan.promotion.number, "step": promoted_step(plan.promotion)} if plan.promotion else None,
-    })
+    record = promotions(section.model_dir, options).append({
+        **{k: v for k, v in summary.items() if k not in ("promotion", "seconds", "exit_code")}, "created_at": _now(),
+        "export": location, "previous": {"number": plan.promotion.number, "step": promoted_step(plan.promotion)}
+        if plan.promotion else None})
     tell(f"promoted step {candidate['step']:,}: {redact_url(record.url)} → {location}")
     return record
 
 
-def _export(config: RetrainConfig, candidate: dict[str, Any], tell: Say) -> str:
+def _export(config: RetrainConfig, step: int, tell: Say) -> str:
     """The candidate's export under ``MODEL_DIR/exports/<step>``, committed whole (or the one a
     cut-short run committed)."""
     from shardflow.training.export import export_checkpoint
     from shardflow.training.state import load_checkpoint
 
     section, options = config.retrain, config.storage_options
-    dest = join_url(section.model_dir, "exports", str(candidate["step"]))
+    dest = join_url(section.model_dir, "exports", str(step))
     fs, path = resolve(dest, options)
     if is_local(fs):
         if os.path.exists(os.path.join(path, "report.json")):  # renamed into place whole
             return path
     else:
         store = CheckpointStore(dest, storage_options=options)
-        if candidate["step"] in store.steps():
-            return redact_url(store.url_of(store.find(candidate["step"])))
+        if step in store.steps():
+            return redact_url(store.url_of(store.find(step)))
     spec = section.export
-    tell(f"export step {candidate['step']:,}: {', '.join(spec.formats)}"
+    tell(f"export step {step:,}: {', '.join(spec.formats)}"
          + (f", quantized {', '.join(spec.quantize)}" if spec.quantize else "")
          + (f", pruned {spec.prune:g}" if spec.prune else ""))
     os.makedirs(section.work_dir, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="export-", dir=section.work_dir) as scratch:
-        loaded = load_checkpoint(candidate["dir"], step=candidate["step"], local_dir=os.path.join(scratch, "ckpt"),
+        loaded = load_checkpoint(section.checkpoint_dir, step=step, local_dir=os.path.join(scratch, "ckpt"),
                                  storage_options=options, with_optimizer=spec.prune is not None)
         report = export_checkpoint(loaded, dest, formats=spec.formats, quantize=spec.quantize, prune=spec.prune,
                                    eval_rows=section.eval_rows, storage_options=options, work_dir=scratch)
