@@ -87,7 +87,7 @@ def _score(work: str, name: str, day: str) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows-per-day", type=int, default=200_000)
+    parser.add_argument("--rows-per-day", type=int, default=600_000)
     parser.add_argument("--days", type=int, default=8)
     parser.add_argument("--epochs", type=float, default=2.0)
     parser.add_argument("--replay-days", type=int, default=1)
@@ -114,7 +114,8 @@ def main() -> None:
             figures: dict[str, dict] = {}
             for name in (("incremental", "full") if r % 2 == 0 else ("full", "incremental")):  # in turns
                 seconds, record = _retrain(_config(work, name, args))
-                figures[name] = {"seconds": seconds, "steps": record["steps"]["final"] - record["steps"]["began_at"],
+                figures[name] = {"seconds": seconds, "stages": record["seconds"],
+                                 "steps": record["steps"]["final"] - record["steps"]["began_at"],
                                  "trained_on": record["partitions"]["trained_on"], "decision": record["decision"],
                                  "auc": _score(work, name, last_day)}
             ratio = figures["incremental"]["seconds"] / figures["full"]["seconds"]
@@ -123,7 +124,8 @@ def main() -> None:
             for name in ("incremental", "full"):
                 f = figures[name]
                 print(f"round {r + 1} {name:11s}: {f['seconds']:6.1f} s, {f['steps']:,} steps on "
-                      f"{len(f['trained_on'])} day(s), AUC on {last_day} eval {f['auc']:.4f} ({f['decision']})")
+                      f"{len(f['trained_on'])} day(s), AUC on {last_day} eval {f['auc']:.4f} ({f['decision']}); "
+                      + ", ".join(f"{k} {v:.1f}" for k, v in f["stages"].items()))
             print(f"round {r + 1}: time incremental / full {ratio:.3f} (target <= 0.35), "
                   f"AUC change {gap:+.4f} (target within 0.002)", flush=True)
     best = min(rounds, key=lambda x: x["time_ratio"])

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from shardflow.storage import CheckpointStore, open_dataset
+from shardflow.storage import CheckpointStore, Dataset, open_dataset
 from shardflow.storage.commit import require_new_dir, staged_dir
 from shardflow.storage.urls import is_local, redact_url, resolve
 
@@ -196,7 +196,10 @@ def check_export_request(loaded: LoadedCheckpoint, dest: str, *, formats: Sequen
         raise FileExistsError(f"{redact_url(dest)}: step {loaded.record.step} is already exported there.")
 
 
-def _scoring_dataset(loaded: LoadedCheckpoint, data: str | None, storage_options: Mapping[str, Any] | None) -> Any:
+def _scoring_dataset(loaded: LoadedCheckpoint, data: str | Dataset | None,
+                     storage_options: Mapping[str, Any] | None) -> Dataset:
+    if isinstance(data, Dataset):  # a view the caller chose (retraining: the new partitions)
+        return data
     try:
         return open_dataset(data or loaded.record.metadata["dataset"]["url"], storage_options=storage_options)
     except (OSError, ValueError) as e:
@@ -207,17 +210,18 @@ def _scoring_dataset(loaded: LoadedCheckpoint, data: str | None, storage_options
 
 def export_checkpoint(loaded: LoadedCheckpoint, dest: str, *, formats: Sequence[str] = ("saved_model",),
                       quantize: Sequence[str] = (), prune: float | None = None, fine_tune_steps: int = 0,
-                      data: str | None = None, split: str = "eval", eval_rows: int | None = 100_000,
+                      data: str | Dataset | None = None, split: str = "eval", eval_rows: int | None = 100_000,
                       storage_options: Mapping[str, Any] | None = None, work_dir: str,
                       progress: Callable[[str], None] | None = None) -> ExportReport:
     """Export the restored checkpoint ``loaded`` to ``dest`` and score every artifact.
 
     Args:
-        data: The dataset to score on (default: the one the checkpoint was trained on).
+        data: The dataset (URL, or an opened :class:`Dataset`, e.g. some of its partitions) to score
+            on (default: the one the checkpoint was trained on).
         prune: Target sparsity; the artifacts (but the float SavedModel) are then made from the
             checkpoint's model pruned in place.
         fine_tune_steps: Train steps on the train split after pruning, pruned weights held at zero.
-        work_dir: Local scratch space (shard cache), removed by the caller.
+        work_dir: Local scratch space (shard cache under ``cache/``, reused if there), removed by the caller.
     """
     check_export_request(loaded, dest, formats=formats, quantize=quantize, prune=prune, fine_tune_steps=fine_tune_steps,
                          storage_options=storage_options)

@@ -144,15 +144,18 @@ def _train_and_decide(config: RetrainConfig, plan: _Plan, ingested: list[str], l
                       progress: Callable[..., None] | None) -> dict[str, Any]:
     """Steps 3 to 5; returns the run record's body."""
     candidate = _train(config, plan, tell, progress)
-    metrics = _evaluate(config, plan, candidate, tell)
-    rule = config.retrain.promotion
-    promote, reason = decide(rule, metrics["candidate"][rule.metric],
-                             metrics["promoted"][rule.metric] if metrics["promoted"] else None,
-                             baseline=metrics["baseline"] or "")
-    tell(f"{'promote' if promote else 'keep the promoted model'}: {reason}")
-    record = _summary(config, plan, candidate, metrics, promote, reason, ingested)
-    if promote:
-        record["promotion"] = _promote(config, plan, record, lease, tell).number
+    os.makedirs(config.retrain.work_dir, exist_ok=True)
+    # One scratch directory: the export scores the rows the evaluation prepared, from its cache.
+    with tempfile.TemporaryDirectory(prefix="retrain-", dir=config.retrain.work_dir) as scratch:
+        metrics = _evaluate(config, plan, candidate, scratch, tell)
+        rule = config.retrain.promotion
+        promote, reason = decide(rule, metrics["candidate"][rule.metric],
+                                 metrics["promoted"][rule.metric] if metrics["promoted"] else None,
+                                 baseline=metrics["baseline"] or "")
+        tell(f"{'promote' if promote else 'keep the promoted model'}: {reason}")
+        record = _summary(config, plan, candidate, metrics, promote, reason, ingested)
+        if promote:
+            record["promotion"] = _promote(config, plan, record, lease, scratch, tell).number
     return record
 
 
@@ -346,7 +349,12 @@ def _quiet_tensorflow() -> None:
         tf.get_logger().setLevel(logging.ERROR)
 
 
-def _evaluate(config: RetrainConfig, plan: _Plan, candidate: dict[str, Any], tell: Say) -> dict[str, Any]:
+def _new_partitions(config: RetrainConfig, plan: _Plan) -> Dataset:
+    return plan.dataset.select({config.retrain.partition_column: plan.pending})
+
+
+def _evaluate(config: RetrainConfig, plan: _Plan, candidate: dict[str, Any], scratch: str,
+              tell: Say) -> dict[str, Any]:
     """Step 4: both models on the same eval rows of the new partitions."""
     _quiet_tensorflow()
     from shardflow.training.evaluation import evaluate_model, predict_logits, split_data
@@ -354,7 +362,7 @@ def _evaluate(config: RetrainConfig, plan: _Plan, candidate: dict[str, Any], tel
     from shardflow.training.state import load_checkpoint
 
     section, options = config.retrain, config.storage_options
-    newest = plan.dataset.select({section.partition_column: plan.pending})
+    newest = _new_partitions(config, plan)
     split = config.train.eval_split or "eval"
     if split not in newest.manifest.splits():
         raise ValueError(f"{redact_url(section.dataset)}: the new partitions have no {split!r} rows to compare the "
@@ -363,21 +371,19 @@ def _evaluate(config: RetrainConfig, plan: _Plan, candidate: dict[str, Any], tel
     # The model serving now: the promoted one, else the checkpoint the candidate started from.
     scores: dict[str, Any] = {"rows": None, "partitions": plan.pending, "split": split,
                               "baseline": "promoted" if plan.promotion else "latest checkpoint" if plan.base else None}
-    os.makedirs(section.work_dir, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="evaluate-", dir=section.work_dir) as scratch:
-        for role, directory, step in (("candidate", candidate["dir"], candidate["step"]),
-                                      ("promoted", plan.base_dir if plan.base else None,
-                                       plan.base.step if plan.base else None)):
-            if directory is None:
-                scores[role] = None
-                continue
-            loaded = load_checkpoint(directory, step=step, local_dir=os.path.join(scratch, role),
-                                     storage_options=options)
-            reader = ShardReader(newest, loaded.spec, cache_dir=os.path.join(scratch, "cache"), cache_bytes=64 << 30)
-            data = split_data(newest, loaded.spec, reader, split=split, rows=section.eval_rows)
-            metrics = evaluate_model(predict_logits(loaded.model), data)
-            scores["rows"] = int(metrics.pop("rows", 0)) or scores["rows"]
-            scores[role] = {"step": step, **{k: round(float(v), 6) for k, v in metrics.items()}}
+    for role, directory, step in (("candidate", candidate["dir"], candidate["step"]),
+                                  ("promoted", plan.base_dir if plan.base else None,
+                                   plan.base.step if plan.base else None)):
+        if directory is None:
+            scores[role] = None
+            continue
+        loaded = load_checkpoint(directory, step=step, local_dir=os.path.join(scratch, role),
+                                 storage_options=options)
+        reader = ShardReader(newest, loaded.spec, cache_dir=os.path.join(scratch, "cache"), cache_bytes=64 << 30)
+        data = split_data(newest, loaded.spec, reader, split=split, rows=section.eval_rows)
+        metrics = evaluate_model(predict_logits(loaded.model), data)
+        scores["rows"] = int(metrics.pop("rows", 0)) or scores["rows"]
+        scores[role] = {"step": step, **{k: round(float(v), 6) for k, v in metrics.items()}}
     plan.timings["evaluate"] = time.perf_counter() - clock
     shown = ", ".join(f"{scores['baseline'] if role == 'promoted' else role} {scores[role][section.promotion.metric]:.4f}"
                       for role in ("candidate", "promoted") if scores[role])
@@ -385,12 +391,13 @@ def _evaluate(config: RetrainConfig, plan: _Plan, candidate: dict[str, Any], tel
     return scores
 
 
-def _promote(config: RetrainConfig, plan: _Plan, summary: dict[str, Any], lease: Lease, tell: Say) -> Record:
+def _promote(config: RetrainConfig, plan: _Plan, summary: dict[str, Any], lease: Lease, scratch: str,
+             tell: Say) -> Record:
     """Step 5: export the candidate (unless a cut-short run already did), then the promotion record."""
     section, options = config.retrain, config.storage_options
     clock = time.perf_counter()
     candidate = summary["checkpoint"]
-    location = _export(config, candidate["step"], tell)
+    location = _export(config, plan, candidate["step"], scratch, tell)
     plan.timings["export"] = summary["seconds"]["export"] = round(time.perf_counter() - clock, 2)
     lease.check()
     record = promotions(section.model_dir, options).append({
@@ -401,7 +408,7 @@ def _promote(config: RetrainConfig, plan: _Plan, summary: dict[str, Any], lease:
     return record
 
 
-def _export(config: RetrainConfig, step: int, tell: Say) -> str:
+def _export(config: RetrainConfig, plan: _Plan, step: int, scratch: str, tell: Say) -> str:
     """The candidate's export under ``MODEL_DIR/exports/<step>``, committed whole (or the one a
     cut-short run committed)."""
     from shardflow.training.export import export_checkpoint
@@ -421,10 +428,9 @@ def _export(config: RetrainConfig, step: int, tell: Say) -> str:
     tell(f"export step {step:,}: {', '.join(spec.formats)}"
          + (f", quantized {', '.join(spec.quantize)}" if spec.quantize else "")
          + (f", pruned {spec.prune:g}" if spec.prune else ""))
-    os.makedirs(section.work_dir, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="export-", dir=section.work_dir) as scratch:
-        loaded = load_checkpoint(section.checkpoint_dir, step=step, local_dir=os.path.join(scratch, "ckpt"),
-                                 storage_options=options, with_optimizer=spec.prune is not None)
-        report = export_checkpoint(loaded, dest, formats=spec.formats, quantize=spec.quantize, prune=spec.prune,
-                                   eval_rows=section.eval_rows, storage_options=options, work_dir=scratch)
+    loaded = load_checkpoint(section.checkpoint_dir, step=step, local_dir=os.path.join(scratch, "export"),
+                             storage_options=options, with_optimizer=spec.prune is not None)
+    report = export_checkpoint(loaded, dest, formats=spec.formats, quantize=spec.quantize, prune=spec.prune,
+                               data=_new_partitions(config, plan), split=config.train.eval_split or "eval",
+                               eval_rows=section.eval_rows, storage_options=options, work_dir=scratch)
     return redact_url(report.location)
