@@ -3,6 +3,7 @@ evaluation, ``shardflow checkpoints evaluate`` and the export report all read ro
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -39,6 +40,9 @@ def split_data(dataset: Dataset, spec: InputSpec, reader: ShardReader, *, split:
                              f"but the dataset {found}.")
     fmt = choose_format(dataset, split, fmt)
     shards = [s for s in dataset.shards(split) if s.format.startswith(fmt)]
+    if rows and not stream:  # the first ``rows`` rows: prepare (fetch, decode) only the shards that hold them
+        held = list(itertools.accumulate(s.rows for s in shards))
+        shards = shards[:next((i + 1 for i, n in enumerate(held) if n >= rows), len(shards))]
     batch = min(batch_size, rows or batch_size)
     ds = make_dataset(reader.prepare(shards), fmt, spec, batch_size=batch, **{"repeat": False, **stream},
                       compressed=any(s.format.endswith(".gz") for s in shards))
