@@ -129,64 +129,31 @@ def _check_cron(cron: str, zone: tzinfo) -> None:
 
 
 def parse_run_record(stdout: str) -> dict[str, Any] | None:
-    """The JSON object a run printed on stdout, or None.
-
-    The whole output, else the text from the last line that starts with ``{`` (an object
-    printed, indented or not, after other output).
-    """
-    lines = stdout.strip().splitlines()
-    starts = [i for i, line in enumerate(lines) if line.startswith("{")]
-    for candidate in ["\n".join(lines)] + ["\n".join(lines[i:]) for i in reversed(starts) if i > 0]:
-        try:
-            value = json.loads(candidate)
-        except ValueError:
-            continue
-        if isinstance(value, dict):
-            return value
-    return None
+    """The JSON object a run printed on stdout (``retrain --json`` prints nothing else), or None."""
+    try:
+        value = json.loads(stdout)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
-def record_fields(record: Mapping[str, Any], limit: int = 16) -> dict[str, Any]:
-    """The key fields of a run record, flat, for the log line.
-
-    ``decision``, ``reason``, ``promotion`` as given, ``run`` as ``run_id``; ``dataset_version`` (or
-    ``dataset.version``); the numbers under any ``metrics`` or ``*_metrics`` mapping, named by
-    where they sit: ``metrics.auc`` → ``auc``, ``candidate.metrics.auc`` and
-    ``candidate_metrics.auc`` → ``candidate.auc``. At most ``limit`` metric values.
-    """
-    fields: dict[str, Any] = {"run_id": record.get("run", record.get("run_id"))}
-    fields.update((key, record.get(key)) for key in ("decision", "reason", "promotion"))
-    fields = {key: value for key, value in fields.items() if _is_scalar(value)}
-    dataset = record.get("dataset")
-    version = record.get("dataset_version", dataset.get("version") if isinstance(dataset, Mapping) else None)
-    if _is_scalar(version):
-        fields["dataset_version"] = version
-    metrics = dict(_metric_values(record, ()))
-    fields.update(list(metrics.items())[:limit])
-    return fields
+def record_fields(record: Mapping[str, Any]) -> dict[str, Any]:
+    """A retrain run record's key fields, flat, for the log line: ``run`` (as ``run_id``),
+    ``decision``, ``reason``, ``promotion``, ``dataset_version``, and its metrics by model
+    (``candidate.auc``, ``promoted.step``, ...) beside ``rows``."""
+    dataset, metrics = record.get("dataset"), record.get("metrics")
+    fields: dict[str, Any] = {"run_id": record.get("run"), **{k: record.get(k) for k in ("decision", "reason", "promotion")},
+                              "dataset_version": dataset.get("version") if isinstance(dataset, Mapping) else None}
+    for key, value in (metrics.items() if isinstance(metrics, Mapping) else ()):
+        if isinstance(value, Mapping):  # one model's scores
+            fields.update((f"{key}.{name}", score) for name, score in value.items())
+        else:
+            fields[key] = value
+    return {key: value for key, value in fields.items() if _is_scalar(value)}
 
 
 def _is_scalar(value: Any) -> bool:
     return isinstance(value, (str, int, float, bool))
-
-
-def _metric_values(node: Mapping[str, Any], prefix: tuple[str, ...], depth: int = 0) -> Iterator[tuple[str, Any]]:
-    for key, value in node.items():
-        if not isinstance(value, Mapping) or depth > 2:
-            continue
-        if key == "metrics" or str(key).endswith("_metrics"):
-            name = prefix + ((str(key)[: -len("_metrics")],) if key != "metrics" else ())
-            yield from _numbers(value, name)
-        else:
-            yield from _metric_values(value, prefix + (str(key),), depth + 1)
-
-
-def _numbers(node: Mapping[str, Any], prefix: tuple[str, ...]) -> Iterator[tuple[str, Any]]:
-    for key, value in node.items():
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            yield ".".join(prefix + (str(key),)), value
-        elif isinstance(value, Mapping):
-            yield from _numbers(value, prefix + (str(key),))
 
 
 def format_fields(fields: Mapping[str, Any]) -> str:

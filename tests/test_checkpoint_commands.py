@@ -25,6 +25,7 @@ from shardflow.pipelines.synth import SynthConfig, synthesize
 from shardflow.storage import CheckpointStore, open_dataset, resolve
 
 from .conftest import TEST_SECRET, S3Server, run_cli
+from .helpers import error_line
 
 MODEL = {"hash_buckets": 4096, "embedding_dim": 4, "hidden_units": [16], "min_shard_bytes": 4096}
 BATCH = 128
@@ -89,18 +90,6 @@ def _record(url: str, step: int | None = None, options=None):
 def _json(proc) -> object:
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
-
-
-def _error_line(proc, *fragments: str) -> str:
-    """The command failed as bad input should: exit 2, no traceback, exactly one line saying
-    ``error: ...`` that holds every fragment (on that one line: a wrapped message fails)."""
-    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
-    assert "Traceback" not in proc.stderr, proc.stderr
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, proc.stderr
-    for fragment in fragments:
-        assert fragment in errors[0], (fragment, proc.stderr)
-    return errors[0]
 
 
 def _corrupt_local(store: str, step: int) -> str:
@@ -271,7 +260,7 @@ def test_show_reads_only_the_index_file(trained, s3_server) -> None:
     assert fs.ls(f"{root}/{record.directory}", detail=False) == [f"{root}/{record.directory}/ckpt.index"]
     _check_show(_json(run_cli("checkpoints", "show", url, "--json", *s3_server.cli_options)), trained, 40)
     # while anything that needs the data files does fail
-    _error_line(run_cli("checkpoints", "download", url, str(os.path.join(trained.root, f"x-{uuid.uuid4().hex}")),
+    error_line(run_cli("checkpoints", "download", url, str(os.path.join(trained.root, f"x-{uuid.uuid4().hex}")),
                         *s3_server.cli_options, check=False))
 
 
@@ -509,7 +498,7 @@ def test_a_url_without_checkpoints_is_refused(command, trained, broken, tmp_path
     dest = str(tmp_path / "dest")
     extra = {"download": [dest], "export": [dest], "evaluate": ["--data", trained.data]}.get(command, [])
     proc = run_cli("checkpoints", command, url, *extra, check=False)
-    _error_line(proc, url, "no checkpoints there" if command == "list" else "no committed checkpoints")
+    error_line(proc, url, "no checkpoints there" if command == "list" else "no committed checkpoints")
     if dest in extra:  # the commands that write somewhere
         _nothing_at(dest)
 
@@ -517,7 +506,7 @@ def test_a_url_without_checkpoints_is_refused(command, trained, broken, tmp_path
 def test_an_s3_prefix_without_checkpoints_is_refused(s3_server, tmp_path) -> None:
     url = f"s3://{s3_server.bucket}/nothing-here-{uuid.uuid4().hex[:8]}"
     proc = run_cli("checkpoints", "download", url, str(tmp_path / "dest"), *s3_server.cli_options, check=False)
-    _error_line(proc, url, "no committed checkpoints")
+    error_line(proc, url, "no committed checkpoints")
     assert TEST_SECRET not in proc.stderr
     _nothing_at(str(tmp_path / "dest"))
 
@@ -527,7 +516,7 @@ def test_a_step_that_is_not_there_is_refused(command, trained, tmp_path) -> None
     dest = str(tmp_path / "dest")
     extra = {"download": [dest], "export": [dest], "evaluate": ["--data", trained.data]}.get(command, [])
     proc = run_cli("checkpoints", command, trained.store, *extra, "--step", "30", check=False)
-    _error_line(proc, "step 30", "not there", "committed steps: 20, 40")
+    error_line(proc, "step 30", "not there", "committed steps: 20, 40")
     if dest in extra:  # the commands that write somewhere
         _nothing_at(dest)
 
@@ -538,7 +527,7 @@ def test_an_uncommitted_step_is_refused(command, broken, tmp_path) -> None:
     dest = str(tmp_path / "dest")
     extra = [dest] if command in ("download", "export") else []
     proc = run_cli("checkpoints", command, str(root / "uncommitted"), *extra, "--step", "99", check=False)
-    _error_line(proc, "step 99", "uncommitted", "committed steps: 20, 40")
+    error_line(proc, "step 99", "uncommitted", "committed steps: 20, 40")
     if dest in extra:  # the commands that write somewhere
         _nothing_at(dest)
 
@@ -551,7 +540,7 @@ def test_a_checkpoint_that_fails_its_checksum_is_refused(command, trained, broke
     dest = str(tmp_path / "dest")
     extra = {"download": [dest], "export": [dest], "evaluate": ["--data", trained.data]}[command]
     proc = run_cli("checkpoints", command, str(root / "corrupt"), *extra, check=False)
-    _error_line(proc, f"{record.directory}/{corrupted}", "its record says", entry["checksum"])
+    error_line(proc, f"{record.directory}/{corrupted}", "its record says", entry["checksum"])
     if dest in extra:  # the commands that write somewhere
         _nothing_at(dest)
     # the step before is intact and still usable
@@ -573,7 +562,7 @@ def test_a_checkpoint_that_fails_its_checksum_on_s3_is_refused(command, trained,
     fs.invalidate_cache()
     dest = str(tmp_path / "dest")
     proc = run_cli("checkpoints", command, url, dest, *s3_server.cli_options, check=False)
-    _error_line(proc, f"{record.directory}/{entry['path']}", "its record says", entry["checksum"])
+    error_line(proc, f"{record.directory}/{entry['path']}", "its record says", entry["checksum"])
     assert TEST_SECRET not in proc.stderr
     _nothing_at(dest)
 
@@ -582,7 +571,7 @@ def test_a_checkpoint_that_fails_its_checksum_on_s3_is_refused(command, trained,
 def test_export_refuses_a_sparsity_outside_0_to_1(sparsity, trained, tmp_path) -> None:
     dest = str(tmp_path / "dest")
     proc = run_cli("checkpoints", "export", trained.store, dest, "--prune", sparsity, check=False)
-    _error_line(proc, "--prune", f"{float(sparsity)}", "between 0 and 1")
+    error_line(proc, "--prune", f"{float(sparsity)}", "between 0 and 1")
     _nothing_at(dest)
 
 
@@ -596,7 +585,7 @@ def test_records_written_before_the_trainer_noted_its_state_still_list(trained, 
     assert [(r["step"], r["committed"], r["latest"]) for r in rows] == [(20, True, False), (40, True, True)]
     assert all(r["train_loss"] is None and r["eval"] is None and r["workers"] == 2 for r in rows)
     assert "40" in run_cli("checkpoints", "list", store).stdout
-    _error_line(run_cli("checkpoints", "evaluate", store, "--data", trained.data, check=False),
+    error_line(run_cli("checkpoints", "evaluate", store, "--data", trained.data, check=False),
                 "does not name its model settings")
 
 
@@ -613,7 +602,7 @@ def test_export_to_object_storage_is_committed_whole(trained, s3_store, s3_serve
     serve = tf.saved_model.load(os.path.join(local, "saved_model")).signatures["serving_default"]
     assert serve is not None
     assert TEST_SECRET not in json.dumps(report)
-    _error_line(run_cli("checkpoints", "export", s3_store, dest, *s3_server.cli_options, check=False),
+    error_line(run_cli("checkpoints", "export", s3_store, dest, *s3_server.cli_options, check=False),
                 "step 40 is already exported there")
 
 
@@ -626,7 +615,7 @@ def test_a_dataset_without_the_models_columns_is_refused(trained, tmp_path) -> N
                                     "formats": ["parquet"], "split": {"train": 0.5, "eval": 0.5}}))
     for command in (["evaluate", trained.store, "--data", str(tmp_path / "other")],
                     ["export", trained.store, str(tmp_path / "dest"), "--data", str(tmp_path / "other")]):
-        _error_line(run_cli("checkpoints", *command, check=False), "the model reads column 'C1' as string",
+        error_line(run_cli("checkpoints", *command, check=False), "the model reads column 'C1' as string",
                     "has no such column")
     _nothing_at(str(tmp_path / "dest"))
 
@@ -678,7 +667,7 @@ def test_full_int8_calibrates_on_a_small_train_split(trained, tmp_path) -> None:
 ], ids=["format", "quantize", "dynamic-without-tflite", "fine-tune-without-prune"])
 def test_bad_export_arguments_are_refused_before_anything_is_written(trained, tmp_path, args, message) -> None:
     dest = str(tmp_path / "dest")
-    _error_line(run_cli("checkpoints", "export", trained.store, dest, *args, check=False), message)
+    error_line(run_cli("checkpoints", "export", trained.store, dest, *args, check=False), message)
     _nothing_at(dest)
 
 
@@ -702,6 +691,6 @@ def test_checkpoint_records_carry_no_credentials_from_urls() -> None:
 def test_a_split_the_dataset_lacks_is_refused(trained, tmp_path) -> None:
     dest = str(tmp_path / "dest")
     for command in (["evaluate", trained.store, "--data", trained.data], ["export", trained.store, dest]):
-        _error_line(run_cli("checkpoints", *command, "--split", "nope", check=False), "`split`: 'nope'",
+        error_line(run_cli("checkpoints", *command, "--split", "nope", check=False), "`split`: 'nope'",
                     "['eval', 'train']")
     _nothing_at(dest)

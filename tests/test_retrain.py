@@ -36,6 +36,7 @@ from shardflow.pipelines.synth import SynthConfig, synthesize
 from shardflow.storage import CheckpointStore, open_dataset, resolve
 
 from .conftest import TEST_SECRET, S3Server
+from .helpers import error_line
 
 pytestmark = pytest.mark.timeout(900)  # each test runs a few retrains of ~20 s on 2 shared cores
 
@@ -155,18 +156,6 @@ def _wait_for(condition: Callable[[], T | None], started: Started, what: str, *,
         if time.monotonic() > deadline:
             raise AssertionError(f"no {what} after {timeout:.0f} s:\n{started.log()}")
         time.sleep(every)
-
-
-def _error_line(proc: subprocess.CompletedProcess[str], *fragments: str, code: int = 2) -> str:
-    """The command failed as it should: exit ``code``, no traceback, exactly one line saying
-    ``error: ...`` that holds every fragment (on that one line: a wrapped message fails)."""
-    assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
-    assert "Traceback" not in proc.stderr, proc.stderr
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, proc.stderr
-    for fragment in fragments:
-        assert fragment in errors[0], (fragment, proc.stderr)
-    return errors[0]
 
 
 # -- reading what it left --------------------------------------------------------------------------
@@ -375,7 +364,7 @@ def test_a_concurrent_retrain_is_refused_naming_the_holder(history: History, tmp
         second = _shardflow(world, "retrain", CONFIG, timeout=300)
         first_running = first.process.poll() is None
         first.process.wait(timeout=600)
-    line = _error_line(second, "held by", held_by, f"pid {first.process.pid}", code=1)
+    line = error_line(second, "held by", held_by, f"pid {first.process.pid}", code=1)
     assert first_running, f"the first retrain ended before the second was refused: {line}"
     assert first.process.returncode in (0, 3), first.log()
     record = json.loads(first.stdout.read_text())
@@ -401,7 +390,7 @@ def test_an_expired_lease_is_taken_over(history: History) -> None:
     _append_day(world, DAYS[3])
     now = dt.datetime.now(dt.timezone.utc)
     _write_lease(world, "ghost", now + dt.timedelta(hours=1))  # current: refused (the record is read as a lease)
-    _error_line(_shardflow(world, "retrain", CONFIG, timeout=300), "held by ghost", code=1)
+    error_line(_shardflow(world, "retrain", CONFIG, timeout=300), "held by ghost", code=1)
     assert len(_records(world / "models" / "_runs")) == 2
 
     for path in (world / "train" / "_leases").glob("l*.json"):  # the refused run left the ghost's as it was
@@ -579,7 +568,7 @@ def test_warm_start_from_two_workers_into_one(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("case", ["unknown-field", "no-partitions", "missing-partition-column"])
-def test_bad_input_is_one_error_line(tmp_path: Path, case: str) -> None:
+def test_bad_input_is_oneerror_line(tmp_path: Path, case: str) -> None:
     synthesize(str(tmp_path / "clicks"), SynthConfig(rows=2_000, days=2, rows_per_shard=1_000))
     if case == "unknown-field":
         config, fragments = _config(tmp_path, retrain={"bogus": 1}), ["retrain.bogus", "Extra inputs are not permitted"]
@@ -592,7 +581,7 @@ def test_bad_input_is_one_error_line(tmp_path: Path, case: str) -> None:
     else:
         config, fragments = _config(tmp_path, retrain={"partition_column": "hour"}), ["retrain.partition_column",
                                                                                       "'hour'"]
-    _error_line(_shardflow(tmp_path, "retrain", config, timeout=300), *fragments)
+    error_line(_shardflow(tmp_path, "retrain", config, timeout=300), *fragments)
     assert not (tmp_path / "train").exists() and not (tmp_path / "models").exists()
 
 

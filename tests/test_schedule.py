@@ -235,7 +235,10 @@ def test_cli_runs_retrain_twice_and_passes_its_flags_on(tmp_path) -> None:
     started, *runs, stopped = _lines(proc.stderr)
     assert f"retrain {config} --json -o secret=*** --raw={raw}" in started["command"]
     assert datetime.fromisoformat(started["next_run"]).utcoffset() in (timedelta(hours=1), timedelta(hours=2))
-    assert [run["run"] for run in runs] == ["1", "2"] and all(run["exit"].lstrip("-").isdigit() for run in runs)
+    assert [run["run"] for run in runs] == ["1", "2"]
+    for run in runs:  # retrain itself ran, with --raw passed on: it refused the missing URL as bad input
+        assert run["exit"] == "2" and run["outcome"] == "bad-input", run
+        assert "raw-override" in run["last_stderr"], run
     assert stopped == {"schedule": "stopped", "reason": "max-runs", "runs": "2"}
     assert TEST_SECRET not in proc.stdout + proc.stderr
 

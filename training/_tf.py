@@ -4,10 +4,18 @@ Modules that need them import them from here, so the supervisor of a local clust
 needs neither) starts without loading TensorFlow.
 """
 
+import logging
+
 from . import quiet_native_stderr
 
 with quiet_native_stderr():
     import tensorflow as tf
     import tf_keras
 
-__all__ = ["tf", "tf_keras"]
+__all__ = ["quiet_python_warnings", "tf", "tf_keras"]
+
+
+def quiet_python_warnings(caller: logging.Logger) -> None:
+    """TensorFlow's Python warnings (retracing hints ...) are noise unless ``caller`` logs at INFO."""
+    if not caller.isEnabledFor(logging.INFO):
+        tf.get_logger().setLevel(logging.ERROR)

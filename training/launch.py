@@ -156,11 +156,22 @@ def container_config(config: TrainConfig, *, workers: int, ps: int) -> dict[str,
         ValueError: a URL of the config carries a password or a signed-query secret.
     """
     dumped = config.model_dump(mode="json", exclude={"storage_options"})
-    for field, value in dumped.items():
-        if isinstance(value, str) and redact_url(value) != value:
+    for field, value in _strings(dumped):
+        if redact_url(value) != value:
             raise ValueError(f"Invalid value for `{field}`: {redact_url(value)!r}. It carries a secret, and secrets "
                              "never go into cluster specs: give credentials through the environment (--secret).")
     return {**dumped, "cluster": "tf-config", "workers": workers, "ps": ps}
+
+
+def _strings(node: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:
+    """Every string of a dumped config with its dotted field name (``warm_start.checkpoint_dir``)."""
+    found = []
+    for key, value in node.items():
+        if isinstance(value, dict):
+            found += _strings(value, f"{prefix}{key}.")
+        elif isinstance(value, str):
+            found.append((f"{prefix}{key}", value))
+    return found
 
 
 def _is_local(url: str) -> bool:

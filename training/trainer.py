@@ -28,7 +28,7 @@ import yaml
 from shardflow.storage import CheckpointStore, open_dataset
 from shardflow.storage.urls import redact_url, scrub
 
-from ._tf import tf
+from ._tf import quiet_python_warnings, tf
 from .checkpointing import CheckpointStats, CheckpointWriter, restore
 from .config import TrainConfig
 from .evaluation import evaluate_model, predict_logits, split_data
@@ -57,7 +57,6 @@ class TrainSummary:
     seconds: float = 0.0
     input_stall: float = 0.0
     resumed_from: int | None = None
-    warm_started_from: int | None = None  # the step of ``warm_start`` this run began from
     evaluations: list[dict[str, float]] = field(default_factory=list)
     history: list[dict[str, float]] = field(default_factory=list)
     checkpoints: CheckpointStats = field(default_factory=CheckpointStats)
@@ -108,8 +107,7 @@ def train(config: TrainConfig, *, cluster: ClusterSpec | None = None, progress: 
         progress: ``progress(event, **values)`` with events ``start``, ``step``, ``eval``, ``checkpoint``.
     """
     report = progress or (lambda event, **values: None)
-    if not log.isEnabledFor(logging.INFO):  # TensorFlow's Python warnings (retracing hints ...) are noise here
-        tf.get_logger().setLevel(logging.ERROR)
+    quiet_python_warnings(log)
     dataset = training_data(config)
     spec = InputSpec.from_dataset(dataset, config.label)
     fmt = choose_format(dataset, config.train_split, config.format)
@@ -137,8 +135,7 @@ def train(config: TrainConfig, *, cluster: ClusterSpec | None = None, progress: 
     start_step = int(optimizer.iterations.numpy())
     layout = checkpoint_layout(checkpoint)
     summary = TrainSummary(strategy=strategy_name, start_step=start_step, steps=start_step, sharded=_sharded(layout),
-                           resumed_from=restored.step if restored else None, optimum_auc=synth_optimum(dataset),
-                           warm_started_from=config.warm_start.step if config.warm_start else None)
+                           resumed_from=restored.step if restored else None, optimum_auc=synth_optimum(dataset))
 
     reader = ShardReader(dataset, spec, cache_dir=config.resolved_cache_dir(), cache_bytes=config.cache_bytes)
     compressed = any(s.format.endswith(".gz") for s in train_shards)

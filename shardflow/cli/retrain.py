@@ -31,13 +31,11 @@ def retrain_command(
     """Ingest new raw partitions, train warm-started on them plus a replay, promote the model
     if it is not worse than the promoted one. Exit 0 promoted or nothing to do, 3 not promoted,
     1 failed, 2 bad input."""
-    from shardflow.retrain.config import load_retrain_config
+    from shardflow.retrain.config import flag_overrides, load_retrain_config
     from shardflow.retrain.run import retrain
 
     urls = {"raw": raw, "dataset": dataset, "checkpoint_dir": checkpoint_dir, "model_dir": model_dir}
-    overrides: dict[str, Any] = {"retrain": {k: v for k, v in urls.items() if v is not None} or None,
-                                 "storage_options": parse_storage_options(storage_option or []) or None}
-    config = load_retrain_config(config_file, overrides)
+    config = load_retrain_config(config_file, flag_overrides(urls, parse_storage_options(storage_option or [])))
     say = lambda line: err.print(line, highlight=False, markup=False)  # noqa: E731
     try:
         with train_progress() as progress:

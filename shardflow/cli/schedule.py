@@ -11,10 +11,6 @@ import typer
 
 from .common import StorageOption
 
-_URL_FLAGS = (("--raw", "raw"), ("--dataset", "dataset"), ("--checkpoint-dir", "checkpoint_dir"),
-              ("--model-dir", "model_dir"))
-
-
 def schedule_command(
     config_file: Annotated[str, typer.Argument(metavar="CONFIG.yaml",
                                                help="The retrain config (YAML); every run reads it again.")],
@@ -44,7 +40,7 @@ def schedule_command(
 
     urls = {"raw": raw, "dataset": dataset, "checkpoint_dir": checkpoint_dir, "model_dir": model_dir}
     passthrough = [arg for item in storage_option or [] for arg in ("-o", item)]
-    passthrough += [f"{flag}={urls[name]}" for flag, name in _URL_FLAGS if urls[name] is not None]
+    passthrough += [f"--{name.replace('_', '-')}={value}" for name, value in urls.items() if value is not None]
     command = [sys.executable, "-m", "shardflow", "retrain", config_file, "--json", *passthrough]
     options = parse_storage_options(storage_option or [])
     secrets = secret_values(options)
@@ -62,10 +58,8 @@ def schedule_command(
 
 def _check_config(path: str, urls: dict[str, Optional[str]], options: dict[str, Any]) -> Any:
     """Fail at start, not at the first fire time, on a config that every run would refuse."""
-    from shardflow.retrain.config import load_retrain_config
+    from shardflow.retrain.config import flag_overrides, load_retrain_config
 
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Invalid value for `CONFIG.yaml`: {path!r}. No such file.")
-    overrides = {"retrain": {k: v for k, v in urls.items() if v is not None} or None,
-                 "storage_options": options or None}
-    return load_retrain_config(path, overrides)
+    return load_retrain_config(path, flag_overrides(urls, options))

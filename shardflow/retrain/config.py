@@ -6,13 +6,14 @@ from __future__ import annotations
 import os
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from shardflow.configs import StrictModel, load_model
 from shardflow.pipelines.config import PipelineConfig
 from shardflow.training.config import TrainConfig
 
-__all__ = ["ExportSpec", "PromotionRule", "RetrainConfig", "RetrainSection", "load_retrain_config"]
+__all__ = ["ExportSpec", "PromotionRule", "RetrainConfig", "RetrainSection", "flag_overrides",
+           "load_retrain_config"]
 
 
 def _absolute(url: str) -> str:
@@ -52,16 +53,11 @@ class RetrainSection(StrictModel):
     eval_rows: int | None = Field(200_000, gt=0, description="eval rows of the newest partitions scoring both models")
     promotion: PromotionRule = PromotionRule()
     export: ExportSpec = ExportSpec()
-    work_dir: str = "shardflow-retrain"  # local: the training's run directory, logs, scratch
+    work_dir: str = Field("shardflow-retrain", validate_default=True)  # local: the training's run directory, logs, scratch
     lease_seconds: float = Field(600.0, gt=0, description="a lease not renewed for this long is taken over")
 
-    @model_validator(mode="after")
-    def _absolute_urls(self) -> RetrainSection:
-        for name in ("raw", "dataset", "checkpoint_dir", "model_dir", "work_dir"):
-            value = getattr(self, name)
-            if value != _absolute(value):
-                object.__setattr__(self, name, _absolute(value))
-        return self
+    _absolute_urls = field_validator("raw", "dataset", "checkpoint_dir", "model_dir", "work_dir")(
+        lambda cls, value: _absolute(value))
 
 
 _SET_BY_RETRAIN = {"pipeline": ("input", "output", "storage_options", "partition_by", "partitions", "append"),
@@ -100,6 +96,12 @@ class RetrainConfig(StrictModel):
             filled[sub] = {k: _absolute(v) if k in ("input", "output", "data", "checkpoint_dir") and isinstance(v, str)
                            else v for k, v in filled[sub].items()}
         return filled
+
+
+def flag_overrides(urls: dict[str, str | None], storage_options: dict[str, Any]) -> dict[str, Any]:
+    """``load_retrain_config``'s overrides from the CLI's URL flags (those given) and ``-o`` options."""
+    return {"retrain": {k: v for k, v in urls.items() if v is not None} or None,
+            "storage_options": storage_options or None}
 
 
 def load_retrain_config(path: str | None, overrides: dict[str, Any] | None = None) -> RetrainConfig:

@@ -121,12 +121,12 @@ def retrain(config: RetrainConfig, *, say: Say | None = None, train_progress: Ca
     with Lease(join_url(section.dataset, LEASE_DIR), what="shardflow retrain", seconds=section.lease_seconds,
                storage_options=options) as lease:
         ingested, dataset = _ingest(config, raw, lease, tell)
-        promotion = promotions(section.model_dir, options).latest()
-        record = _interrupted_after_promotion(config, promotion)
+        promotion, last_run = promotions(section.model_dir, options).latest(), runs(section.model_dir, options).latest()
+        record = _interrupted_after_promotion(promotion, last_run)
         if record is not None:
             tell(f"{record['run']} was promoted (p{record['promotion']:08d}) but stopped before its run record")
         else:
-            plan = _plan(config, dataset, promotion)
+            plan = _plan(config, dataset, promotion, last_run)
             if plan is None or not plan.pending:
                 return RetrainOutcome("nothing to do", EXIT_OK, reason=(
                     f"every {section.partition_column} partition of {redact_url(section.raw)} is in "
@@ -147,7 +147,7 @@ def _train_and_decide(config: RetrainConfig, plan: _Plan, ingested: list[str], l
     os.makedirs(config.retrain.work_dir, exist_ok=True)
     # One scratch directory: the export scores the rows the evaluation prepared, from its cache.
     with tempfile.TemporaryDirectory(prefix="retrain-", dir=config.retrain.work_dir) as scratch:
-        metrics = _evaluate(config, plan, candidate, scratch, tell)
+        metrics, loaded = _evaluate(config, plan, candidate, scratch, tell)
         rule = config.retrain.promotion
         promote, reason = decide(rule, metrics["candidate"][rule.metric],
                                  metrics["promoted"][rule.metric] if metrics["promoted"] else None,
@@ -155,7 +155,7 @@ def _train_and_decide(config: RetrainConfig, plan: _Plan, ingested: list[str], l
         tell(f"{'promote' if promote else 'keep the promoted model'}: {reason}")
         record = _summary(config, plan, candidate, metrics, promote, reason, ingested)
         if promote:
-            record["promotion"] = _promote(config, plan, record, lease, scratch, tell).number
+            record["promotion"] = _promote(config, plan, record, loaded, lease, scratch, tell).number
     return record
 
 
@@ -178,12 +178,11 @@ def _summary(config: RetrainConfig, plan: _Plan, candidate: dict[str, Any], metr
     }
 
 
-def _interrupted_after_promotion(config: RetrainConfig, promotion: Record | None) -> dict[str, Any] | None:
+def _interrupted_after_promotion(promotion: Record | None, last: Record | None) -> dict[str, Any] | None:
     """The run record of a run that committed its promotion record but stopped before its run
-    record (there is nothing else left for it to do), or None."""
+    record (there is nothing else left for it to do), or None; ``last`` is the newest run record."""
     if promotion is None:
         return None
-    last = runs(config.retrain.model_dir, config.storage_options).latest()
     if last is not None and last.data["finished_at"] >= promotion.data["created_at"]:
         return None  # a run finished after this promotion: it was recorded
     fields = ("run", "decision", "reason", "dataset", "partitions", "steps", "checkpoint", "metrics", "rule")
@@ -229,7 +228,8 @@ def _span(values: list[str]) -> str:
     return values[0] if len(values) == 1 else f"{values[0]} … {values[-1]} ({len(values)})"
 
 
-def _plan(config: RetrainConfig, dataset: Dataset | None, promotion: Record | None) -> _Plan | None:
+def _plan(config: RetrainConfig, dataset: Dataset | None, promotion: Record | None,
+          last_run: Record | None) -> _Plan | None:
     """Step 3's inputs: which partitions are new to the model, the replay, the warm start."""
     if dataset is None:
         return None
@@ -243,7 +243,6 @@ def _plan(config: RetrainConfig, dataset: Dataset | None, promotion: Record | No
         trained = [c for c in CheckpointStore(base_dir, storage_options=options).list()
                    if not str((c.metadata.get("run") or {}).get("name", "")).startswith(RUN_PREFIX)]
         base = trained[-1] if trained else None
-    last_run = runs(section.model_dir, options).latest()
     seen_version = max(_trained_version(base, dataset), int(last_run.data["dataset"]["version"]) if last_run else 0)
     covered = _partitions_until(dataset, column, seen_version)
     present = dataset.partitions(column)
@@ -315,8 +314,6 @@ def _run_training(train_config: Any, progress: Callable[..., None] | None) -> No
                                f"{train_config.run_dir}/logs")
         return
     from shardflow.training.strategy import parse_tf_config
-
-    _quiet_tensorflow()
     from shardflow.training.trainer import train
 
     train(train_config, cluster=parse_tf_config() if train_config.cluster == "tf-config" else None, progress=progress)
@@ -337,16 +334,13 @@ def _stdout_to_stderr() -> Iterator[None]:
 
 
 def _quiet_tensorflow() -> None:
-    """Load TensorFlow without its C++ start-up notes and, unless logging at INFO, its Python
-    warnings (retracing hints for each model scored), as ``train`` does."""
+    """As ``train`` does; and the runtime started (its GPU probe writes to fd 2) with that hidden."""
     from shardflow.training import quiet_native_stderr
+    from shardflow.training._tf import quiet_python_warnings, tf
 
+    quiet_python_warnings(log)
     with quiet_native_stderr():
-        from shardflow.training._tf import tf
-
-        tf.zeros([])  # the runtime starts (and probes for GPUs) at the first op
-    if not log.isEnabledFor(logging.INFO):
-        tf.get_logger().setLevel(logging.ERROR)
+        tf.zeros([])
 
 
 def _new_partitions(config: RetrainConfig, plan: _Plan) -> Dataset:
@@ -354,8 +348,9 @@ def _new_partitions(config: RetrainConfig, plan: _Plan) -> Dataset:
 
 
 def _evaluate(config: RetrainConfig, plan: _Plan, candidate: dict[str, Any], scratch: str,
-              tell: Say) -> dict[str, Any]:
-    """Step 4: both models on the same eval rows of the new partitions."""
+              tell: Say) -> tuple[dict[str, Any], Any]:
+    """Step 4: both models on the same eval rows of the new partitions. Returns the scores and
+    the candidate as loaded (what step 5 exports)."""
     _quiet_tensorflow()
     from shardflow.training.evaluation import evaluate_model, predict_logits, split_data
     from shardflow.training.inputs import ShardReader
@@ -371,14 +366,17 @@ def _evaluate(config: RetrainConfig, plan: _Plan, candidate: dict[str, Any], scr
     # The model serving now: the promoted one, else the checkpoint the candidate started from.
     scores: dict[str, Any] = {"rows": None, "partitions": plan.pending, "split": split,
                               "baseline": "promoted" if plan.promotion else "latest checkpoint" if plan.base else None}
+    kept = None
     for role, directory, step in (("candidate", candidate["dir"], candidate["step"]),
                                   ("promoted", plan.base_dir if plan.base else None,
                                    plan.base.step if plan.base else None)):
         if directory is None:
             scores[role] = None
             continue
-        loaded = load_checkpoint(directory, step=step, local_dir=os.path.join(scratch, role),
-                                 storage_options=options)
+        loaded = load_checkpoint(directory, step=step, local_dir=os.path.join(scratch, role), storage_options=options,
+                                 with_optimizer=role == "candidate" and section.export.prune is not None)
+        if role == "candidate":
+            kept = loaded
         reader = ShardReader(newest, loaded.spec, cache_dir=os.path.join(scratch, "cache"), cache_bytes=64 << 30)
         data = split_data(newest, loaded.spec, reader, split=split, rows=section.eval_rows)
         metrics = evaluate_model(predict_logits(loaded.model), data)
@@ -388,16 +386,16 @@ def _evaluate(config: RetrainConfig, plan: _Plan, candidate: dict[str, Any], scr
     shown = ", ".join(f"{scores['baseline'] if role == 'promoted' else role} {scores[role][section.promotion.metric]:.4f}"
                       for role in ("candidate", "promoted") if scores[role])
     tell(f"evaluate on {scores['rows']:,} {split} rows of {_span(plan.pending)}: {section.promotion.metric} {shown}")
-    return scores
+    return scores, kept
 
 
-def _promote(config: RetrainConfig, plan: _Plan, summary: dict[str, Any], lease: Lease, scratch: str,
+def _promote(config: RetrainConfig, plan: _Plan, summary: dict[str, Any], loaded: Any, lease: Lease, scratch: str,
              tell: Say) -> Record:
     """Step 5: export the candidate (unless a cut-short run already did), then the promotion record."""
     section, options = config.retrain, config.storage_options
     clock = time.perf_counter()
     candidate = summary["checkpoint"]
-    location = _export(config, plan, candidate["step"], scratch, tell)
+    location = _export(config, plan, loaded, scratch, tell)
     plan.timings["export"] = summary["seconds"]["export"] = round(time.perf_counter() - clock, 2)
     lease.check()
     record = promotions(section.model_dir, options).append({
@@ -408,13 +406,13 @@ def _promote(config: RetrainConfig, plan: _Plan, summary: dict[str, Any], lease:
     return record
 
 
-def _export(config: RetrainConfig, plan: _Plan, step: int, scratch: str, tell: Say) -> str:
+def _export(config: RetrainConfig, plan: _Plan, loaded: Any, scratch: str, tell: Say) -> str:
     """The candidate's export under ``MODEL_DIR/exports/<step>``, committed whole (or the one a
     cut-short run committed)."""
     from shardflow.training.export import export_checkpoint
-    from shardflow.training.state import load_checkpoint
 
     section, options = config.retrain, config.storage_options
+    step = loaded.record.step
     dest = join_url(section.model_dir, "exports", str(step))
     fs, path = resolve(dest, options)
     if is_local(fs):
@@ -428,8 +426,6 @@ def _export(config: RetrainConfig, plan: _Plan, step: int, scratch: str, tell: S
     tell(f"export step {step:,}: {', '.join(spec.formats)}"
          + (f", quantized {', '.join(spec.quantize)}" if spec.quantize else "")
          + (f", pruned {spec.prune:g}" if spec.prune else ""))
-    loaded = load_checkpoint(section.checkpoint_dir, step=step, local_dir=os.path.join(scratch, "export"),
-                             storage_options=options, with_optimizer=spec.prune is not None)
     report = export_checkpoint(loaded, dest, formats=spec.formats, quantize=spec.quantize, prune=spec.prune,
                                data=_new_partitions(config, plan), split=config.train.eval_split or "eval",
                                eval_rows=section.eval_rows, storage_options=options, work_dir=scratch)
