@@ -9,7 +9,7 @@ PIP    := PYTHONWARNINGS=ignore $(BIN)/python -m pip --disable-pip-version-check
 DEPS   := pyproject.toml setup.py constraints.txt
 DEMO_DIR ?= demo-data
 
-.PHONY: demo test bench install install-dev lock clean
+.PHONY: demo test chaos bench install install-dev lock clean
 
 demo: $(VENV)/.installed
 	@rm -rf $(DEMO_DIR)
@@ -37,6 +37,10 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest
+
+# Everything `make test` runs plus the long fault-injection trials (random kills, ...).
+chaos: $(VENV)/.installed-dev
+	$(BIN)/python -m pytest -m "chaos or not chaos"
 
 # Benchmarks print measured figures and ratios against a baseline run in the same process.
 bench: $(VENV)/.installed
