@@ -93,6 +93,9 @@ def publish_bytes(fs: fsspec.AbstractFileSystem, dest: str, data: bytes, *, excl
     Args:
         exclusive: Fail with ``FileExistsError`` if ``dest`` exists, atomically: ``link(2)``
             on local disk, a conditional PUT (``If-None-Match: *``) on S3, GCS and Azure.
+            A conditional PUT whose reply was lost is retried by the client and then finds
+            its own object: ``dest`` holding exactly ``data`` counts as this call's own earlier
+            success, so whatever is created exclusively carries a token of its writer.
     """
     if is_local(fs):
         parent = os.path.dirname(dest)
@@ -112,7 +115,20 @@ def publish_bytes(fs: fsspec.AbstractFileSystem, dest: str, data: bytes, *, excl
                 os.unlink(tmp)
         _fsync_dir(parent)
     else:
-        fs.pipe_file(dest, data, mode="create" if exclusive else "overwrite")
+        try:
+            fs.pipe_file(dest, data, mode="create" if exclusive else "overwrite")
+        except FileExistsError:
+            if not (exclusive and _holds(fs, dest, data)):
+                raise
+
+
+def _holds(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> bool:
+    """True when ``path`` exists with exactly ``data`` (read fresh, not from a listing cache)."""
+    fs.invalidate_cache(path)
+    try:
+        return fs.cat_file(path) == data
+    except FileNotFoundError:
+        return False
 
 
 def require_new_dir(path: str) -> None:

@@ -313,7 +313,8 @@ class DatasetWriter:
                 schema=schema_json,
                 feature_spec=dict(feature_spec) if feature_spec is not None else feature_spec_from_schema(schema),
                 shards=tuple(shards),
-                writer={"name": self.name, "params": self.params, "shardflow_version": _version()},
+                writer={"name": self.name, "params": self.params, "shardflow_version": _version(),
+                        "token": temp_token()},  # this commit's own: a retried create finds it (publish_bytes)
                 lineage=tuple(lineage),
                 metadata=meta,
             )

@@ -120,7 +120,7 @@ class Manifest:
     schema: dict[str, Any]  # storage.schema.schema_to_json
     feature_spec: dict[str, Any]
     shards: tuple[Shard, ...]
-    writer: dict[str, Any]  # {"name", "params", "shardflow_version"}
+    writer: dict[str, Any]  # {"name", "params", "shardflow_version", "token"}
     lineage: tuple[dict[str, Any], ...] = ()
     metadata: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
