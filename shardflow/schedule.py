@@ -29,7 +29,6 @@ Behaviour:
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import logging
 import os
@@ -48,6 +47,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import CroniterBadDateError, CroniterError, croniter
 
+from shardflow.children import child_env, death_signal
+
 __all__ = ["EXIT_MEANINGS", "RunResult", "Scheduler", "format_fields", "next_fire_time", "parse_run_record",
            "record_fields", "resolve_timezone"]
 
@@ -56,7 +57,6 @@ log = logging.getLogger("shardflow.schedule")
 # `shardflow retrain`'s exit codes; any other code (or none) is a failure.
 EXIT_MEANINGS = {0: "promoted-or-nothing-to-do", 1: "failed", 2: "bad-input", 3: "not-promoted"}
 
-_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 _SKIPPED_CAP = 10_000  # fire times counted after a long run; beyond this the line says "10000+"
 _STDOUT_LIMIT = 1 << 20  # stdout bytes kept for the run record (its tail)
 _POLL_SECONDS = 0.2  # how often a running child is checked; a signal wakes the check at once
@@ -353,7 +353,7 @@ class Scheduler:
         try:
             proc = subprocess.Popen(self.command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, start_new_session=True,
-                                    preexec_fn=_parent_death_signal())
+                                    env=child_env(), preexec_fn=death_signal())
         except (OSError, subprocess.SubprocessError) as e:
             return RunResult(number, scheduled, started, time.monotonic() - clock, None, None,
                              self._redact(f"could not start {self.command[0]}: {e}"))
@@ -452,27 +452,3 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
             proc.kill()
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=10)
-
-
-def _parent_death_signal() -> Callable[[], None] | None:
-    """A ``preexec_fn`` that has the kernel SIGTERM the child when the scheduler dies (Linux).
-
-    ``prctl`` is looked up here, in the parent, so the child between fork and exec only makes
-    two system calls. If the scheduler died before ``prctl`` took effect, the child exits.
-    """
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-    prctl.restype = ctypes.c_int
-    parent = os.getpid()
-
-    def set_death_signal() -> None:
-        prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
-        if os.getppid() != parent:
-            os._exit(1)
-
-    return set_death_signal

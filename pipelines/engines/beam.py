@@ -11,6 +11,8 @@ import json
 from dataclasses import asdict
 import logging
 import os
+import shlex
+import sys
 import threading
 from collections.abc import Iterator
 
@@ -18,6 +20,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.runner import PipelineState
 
+from shardflow.children import parent_env
 from shardflow.storage import resolve
 from shardflow.storage.commit import publish_bytes
 from shardflow.storage.urls import join_url, translate_errors
@@ -35,8 +38,32 @@ def beam_options(plan: Plan) -> PipelineOptions:
     args = [f"--runner={config.runner}", *config.beam_options]
     if config.runner == "DirectRunner":
         workers = config.direct_num_workers or os.cpu_count() or 1
-        args += [f"--direct_running_mode={config.direct_running_mode}", f"--direct_num_workers={workers}"]
+        # multi_processing's workers come from the runner's environment (_local_runner), not this mode
+        mode = "in_memory" if config.direct_running_mode == "multi_processing" else config.direct_running_mode
+        args += [f"--direct_running_mode={mode}", f"--direct_num_workers={workers}"]
     return PipelineOptions(args)
+
+
+class _OneWorkerWarning(logging.Filter):
+    """Drops the FnApiRunner's advice to use multi_processing, which :func:`_local_runner` does."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "direct_num_workers is not equal to 1" not in record.getMessage()
+
+
+logging.getLogger("apache_beam.runners.portability.fn_api_runner.fn_runner").addFilter(_OneWorkerWarning())
+
+
+def _local_runner(plan: Plan) -> beam.runners.PipelineRunner:
+    """The FnApiRunner; for ``multi_processing``, with SDK workers that end with this process
+    (:mod:`.beam_worker`), where Beam's own would outlive a killed pipeline by up to a minute."""
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+    from apache_beam.transforms.environments import SubprocessSDKEnvironment
+
+    if plan.config.direct_running_mode != "multi_processing":
+        return FnApiRunner()
+    command = f"exec {shlex.quote(sys.executable)} -m shardflow.pipelines.engines.beam_worker"
+    return FnApiRunner(default_environment=SubprocessSDKEnvironment.from_command_string(command))
 
 
 def _save(plan: Plan, name: str, payload: bytes) -> None:
@@ -76,11 +103,7 @@ def build_pipeline(plan: Plan) -> beam.Pipeline:
     Prism runner, a binary it downloads from GitHub at run time: that reaches the internet,
     fails or differs by machine, and leaves temporary directories behind.
     """
-    runner = None  # the one --runner names
-    if plan.config.runner == "DirectRunner":
-        from apache_beam.runners.portability.fn_api_runner import FnApiRunner
-
-        runner = FnApiRunner()
+    runner = _local_runner(plan) if plan.config.runner == "DirectRunner" else None  # else the one --runner names
     pipeline = beam.Pipeline(runner=runner, options=beam_options(plan))
     _ = (
         pipeline
@@ -103,7 +126,8 @@ class BeamEngine:
 
         def execute() -> None:
             try:
-                outcome["state"] = build_pipeline(plan).run().wait_until_finish()
+                with parent_env():  # multi_processing's SDK workers watch this process (.beam_worker)
+                    outcome["state"] = build_pipeline(plan).run().wait_until_finish()
             except BaseException as e:  # re-raised in the caller below
                 outcome["error"] = e
 

@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from shardflow.children import exit_with_parent
 from shardflow.storage import ShardflowError
 from shardflow.storage.urls import redact_text
 
@@ -47,6 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     Usage errors are handled by typer itself (exit 2), so is Ctrl-C (exit 130); failures found by
     a command exit 1; storage and input errors exit 2.
     """
+    exit_with_parent()  # started by a shardflow process (a local cluster's task, a scheduled run)
     try:
         app(args=argv)
     except CommandFailed as e:
