@@ -74,6 +74,22 @@ def _validity(column: pa.Array) -> np.ndarray | None:
     return bits[column.offset:column.offset + len(column)].astype(bool)
 
 
+_FEW_ROWS, _LONG_TAIL = 4, 4096
+_MASK = (1 << 64) - 1
+
+
+def _fold_tail(h: int, tail: np.ndarray) -> int:
+    """:func:`_fold` over one row's remaining bytes, 8 at a time (the last word zero-padded), in
+    plain integers: the same hash as the vectorised rounds, at a fraction of their per-round cost."""
+    padded = np.zeros(-(-tail.size // 8) * 8, np.uint8)
+    padded[:tail.size] = tail
+    prime = int(_PRIME)
+    for word in padded.view(np.uint64).tolist():
+        h = ((h ^ word) * prime) & _MASK
+        h ^= h >> 29
+    return h
+
+
 def _fold_bytes(h: np.ndarray, column: pa.Array) -> None:
     """Fold each row's bytes into ``h``, 8 at a time, read straight from the Arrow buffers.
 
@@ -108,6 +124,10 @@ def _fold_bytes(h: np.ndarray, column: pa.Array) -> None:
     step = np.arange(8, dtype=np.int64)
     for k in range(0, longest, 8):
         rows = np.flatnonzero(lengths > k)
+        if rows.size <= _FEW_ROWS and longest - k > _LONG_TAIL:  # one huge value: a round per 8 bytes costs too much
+            for row in rows:
+                h[row] = _fold_tail(int(h[row]), data[starts[row] + k:starts[row] + lengths[row]])
+            return
         index = starts[rows, None] + k + step
         inside = index < (starts[rows] + lengths[rows])[:, None]
         chunk = np.where(inside, data[np.minimum(index, data.size - 1)], 0).astype(np.uint8)

@@ -15,7 +15,7 @@ from shardflow.storage.urls import join_url
 from .config import PipelineConfig
 from .engines import get_engine
 from .sources import BAD_ROW_SCHEMA
-from .stages import Plan, make_plan, read_bad_rows, remove_staging
+from .stages import Plan, make_plan, read_bad_rows, recorded_failure, remove_staging
 
 __all__ = ["run_pipeline", "RunSummary", "DEAD_LETTER_DIR"]
 
@@ -63,7 +63,13 @@ def run_pipeline(config: PipelineConfig, *, progress: Callable[..., None] | None
         with DatasetWriter(config.output, name="shardflow pipeline run", params=recorded,
                            mode="append" if config.append else "overwrite",
                            storage_options=config.storage_options) as writer:
-            maps, records = get_engine(config.engine)().run(plan, report)
+            try:
+                maps, records = get_engine(config.engine)().run(plan, report)
+            except Exception:
+                failure = recorded_failure(plan)  # the task's own one-line error, not the engine's wrapping
+                if failure is None:
+                    raise
+                raise failure from None
             summary = RunSummary(manifest=None, rows_read=sum(m.rows_read for m in maps),
                                  bad_rows=sum(m.bad_rows for m in maps))
             for m in maps:

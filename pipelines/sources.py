@@ -24,6 +24,7 @@ from shardflow.storage.urls import join_url, redact_url, translate_errors
 
 __all__ = ["InputFile", "list_inputs", "read_input", "infer_schema", "BAD_ROW_SCHEMA"]
 
+_MAX_BLOCK = (1 << 31) - 1  # Arrow's CSV block size is an int32
 _EXTENSIONS = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
 BAD_ROW_SCHEMA = pa.schema([("source", pa.string()), ("row", pa.int64()), ("raw", pa.string()), ("reason", pa.string())])
 
@@ -101,6 +102,9 @@ def list_inputs(url: str, *, input_format: str | None = None,
 def _dataset_inputs(dataset: Any, input_format: str | None) -> list[InputFile]:
     """A committed dataset's shards in one readable format: each format holds every row, so
     reading two would read every row twice (Parquet is preferred)."""
+    if not dataset.manifest.shards:
+        raise ValueError(f"{redact_url(dataset.url)} version {dataset.manifest.version} holds no shards: "
+                         "nothing to read.")
     readable = [f for f in ("parquet", "csv", "jsonl") if f in {s.format for s in dataset.manifest.shards}]
     if input_format is not None:
         readable = [f for f in readable if f == input_format]
@@ -158,6 +162,9 @@ def _enforce(batch: pa.RecordBatch, schema: pa.Schema, required: set[str]) -> tu
         if target.name in required and column.null_count:
             for i in pc.indices_nonzero(pc.is_null(column)).to_pylist():
                 bad.setdefault(i, f"column {target.name!r}: required value is missing")
+        if target.name in required and pa.types.is_floating(target.type):  # a NaN or infinite label trains nothing
+            for i in pc.indices_nonzero(pc.invert(pc.fill_null(pc.is_finite(column), True))).to_pylist():
+                bad.setdefault(i, f"column {target.name!r}: {column[i].as_py()} is not a finite number")
         columns.append(column)
     return pa.RecordBatch.from_arrays(columns, schema=schema), bad
 
@@ -167,15 +174,38 @@ def _raw_text(batch: pa.RecordBatch, index: int) -> str:
                        for k, v in batch.slice(index, 1).to_pylist()[0].items()}, ensure_ascii=False)
 
 
+def _check_names(source: InputFile, names: list[str]) -> None:
+    """Raises ValueError naming the file and the column when two columns share a name (which
+    one would a reader get?)."""
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"{redact_url(source.url)}: duplicate column name(s) {twice}; every column needs its own name.")
+
+
+def _json_column(values: list[Any]) -> pa.Array:
+    """One JSON key's values as Arrow; values of mixed kinds as JSON text, so that the schema
+    cast rejects only the rows that do not fit (as bad rows), not the file."""
+    try:
+        return pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return pa.array([v if v is None or isinstance(v, str) else json.dumps(v) for v in values], pa.string())
+
+
 def _iter_raw(source: InputFile, data: bytes, schema: pa.Schema | None, batch_rows: int,
-              bad: list[tuple[int, str, str]]) -> Iterator[pa.RecordBatch]:
-    """Raw batches of a file (strings for text formats); parse failures go to ``bad``."""
+              bad: list[tuple[int, str, str]], extra: set[str]) -> Iterator[pa.RecordBatch]:
+    """Raw batches of a file (strings for text formats); parse failures go to ``bad``, JSON keys
+    outside ``schema`` to ``extra`` (CSV and Parquet batches carry every column of the file)."""
     if source.format == "parquet":
         # Arrow readers over Arrow buffers: a Python file object would take the GIL on every read
-        yield from pq.ParquetFile(pa.BufferReader(data)).iter_batches(batch_size=batch_rows)
+        reader = pq.ParquetFile(pa.BufferReader(data))
+        _check_names(source, reader.schema_arrow.names)
+        yield from reader.iter_batches(batch_size=batch_rows)
         return
     if source.format == "csv":
+        if not data.strip():  # a zero-byte part file (as many writers leave) holds no rows
+            return
         header = data.split(b"\n", 1)[0].decode("utf-8", "replace").strip().split(",")
+        _check_names(source, header)
 
         def invalid(row: pacsv.InvalidRow) -> str:
             bad.append((row.number or -1, row.text, f"expected {row.expected_columns} fields, found {row.actual_columns}"))
@@ -183,7 +213,8 @@ def _iter_raw(source: InputFile, data: bytes, schema: pa.Schema | None, batch_ro
 
         reader = pacsv.open_csv(
             pa.BufferReader(data),
-            read_options=pacsv.ReadOptions(use_threads=False, block_size=1 << 22),
+            # one block for the whole file (already in memory): a record longer than a block would fail
+            read_options=pacsv.ReadOptions(use_threads=False, block_size=min(max(len(data) + 1, 1 << 22), _MAX_BLOCK)),
             parse_options=pacsv.ParseOptions(invalid_row_handler=invalid),
             convert_options=pacsv.ConvertOptions(column_types={c: pa.string() for c in header},
                                                  strings_can_be_null=True, quoted_strings_can_be_null=False))
@@ -207,16 +238,26 @@ def _iter_raw(source: InputFile, data: bytes, schema: pa.Schema | None, batch_ro
             except ValueError as e:
                 bad.append((start + offset + 1, line, f"invalid JSON: {e}"))
         if records:
-            names = list(schema.names) if schema is not None else list(dict.fromkeys(k for r in records for k in r))
-            yield pa.RecordBatch.from_pylist([{k: r.get(k) for k in names} for r in records])
+            keys = list(dict.fromkeys(k for r in records for k in r))
+            names = list(schema.names) if schema is not None else keys
+            extra.update(k for k in keys if k not in names)
+            yield pa.RecordBatch.from_arrays([_json_column([r.get(k) for r in records]) for k in names], names=names)
 
 
 def read_input(source: InputFile, *, schema: pa.Schema | None, required: set[str] = frozenset(),
-               batch_rows: int = 65536, storage_options: Mapping[str, Any] | None = None) -> ReadResult:
+               batch_rows: int = 65536, extra_columns: str = "ignore",
+               storage_options: Mapping[str, Any] | None = None) -> ReadResult:
     """Read one input file as batches of exactly ``schema`` (or its own, if None), rows numbered from 1.
+
+    Args:
+        extra_columns: ``"ignore"`` leaves out columns of the file that ``schema`` lacks (the
+            user chose the columns); ``"error"`` refuses the file (the schema was inferred from
+            another file, so they would be lost unnoticed).
 
     Raises:
         OSError / FileNotFoundError: the file cannot be read, naming it.
+        ValueError: the file cannot be parsed, repeats a column name, or has extra columns
+            under ``extra_columns="error"``, naming the file and the columns.
     """
     fs, path = resolve(source.url, storage_options)
     with translate_errors(source.url, storage_options):
@@ -229,8 +270,15 @@ def read_input(source: InputFile, *, schema: pa.Schema | None, required: set[str
     batches: list[tuple[int, pa.RecordBatch]] = []
     bad_rows, bad_raw, bad_reason = [], [], []
     row = 1
+    extra: set[str] = set()
     try:
-        for raw in _iter_raw(source, data, schema, batch_rows, parse_bad):
+        for raw in _iter_raw(source, data, schema, batch_rows, parse_bad, extra):
+            if schema is not None:
+                extra.update(n for n in raw.schema.names if n not in schema.names)
+            if extra and extra_columns == "error":
+                raise ValueError(f"{redact_url(source.url)} has column(s) {sorted(extra)} that the schema "
+                                    f"(inferred from the first input file) lacks; name the columns to keep in "
+                                    f"`columns` (the others are then left out).")
             typed, bad = _enforce(raw, schema, required) if schema is not None else (raw, {})
             if bad:
                 keep = pa.array([i not in bad for i in range(raw.num_rows)])
@@ -243,7 +291,8 @@ def read_input(source: InputFile, *, schema: pa.Schema | None, required: set[str
                 batches.append((row, typed))
             row += raw.num_rows
     except (pa.ArrowInvalid, ValueError) as e:
-        raise ValueError(f"{redact_url(source.url)}: cannot parse as {source.format}: {e}") from None
+        shown = redact_url(source.url)
+        raise ValueError(str(e) if str(e).startswith(shown) else f"{shown}: cannot parse as {source.format}: {e}") from None
     for number, raw_text, reason in parse_bad:
         bad_rows.append(number)
         bad_raw.append(raw_text)
@@ -254,19 +303,40 @@ def read_input(source: InputFile, *, schema: pa.Schema | None, required: set[str
 
 def infer_schema(source: InputFile, *, storage_options: Mapping[str, Any] | None = None,
                  sample_rows: int = 10000) -> pa.Schema:
-    """Infer column types once, from the start of the first file; the pipeline then fixes them."""
+    """Infer column types once, from the start of the first file; the pipeline then fixes them.
+
+    Raises:
+        ValueError: the file is empty, repeats a column name or cannot be parsed, naming it and
+            saying to declare ``columns``.
+    """
     fs, path = resolve(source.url, storage_options)
-    with translate_errors(source.url, storage_options):
-        if source.format == "parquet":
-            with fs.open(path, "rb") as f:
-                return pq.ParquetFile(f).schema_arrow
-        with fs.open(path, "rb", compression="infer") as f:
-            head = f.read(8 << 20)
-    if source.format == "csv":
-        head = head[: head.rfind(b"\n") + 1] or head
-        table = pacsv.read_csv(pa.BufferReader(head), read_options=pacsv.ReadOptions(use_threads=False))
-    else:
-        lines = [ln for ln in head.decode("utf-8", "replace").splitlines()[:sample_rows] if ln.strip()]
-        table = pajson.read_json(pa.BufferReader("\n".join(lines[:-1] or lines).encode()))
+    shown = redact_url(source.url)
+    if source.format == "parquet":  # the footer only
+        with translate_errors(source.url, storage_options), fs.open(path, "rb") as f:
+            try:
+                schema = pq.ParquetFile(f).schema_arrow
+            except pa.ArrowInvalid as e:
+                raise ValueError(f"{shown}: cannot read as parquet: {e}") from None
+        _check_names(source, schema.names)
+        return schema
+    with translate_errors(source.url, storage_options), fs.open(path, "rb", compression="infer") as f:
+        head = f.read(8 << 20)
+    if not head.strip():
+        raise ValueError(f"{shown} is empty: no columns to infer the schema from. Declare `columns` "
+                         "(name: type), or put a non-empty file first.")
+    try:
+        if source.format == "csv":
+            _check_names(source, head.split(b"\n", 1)[0].decode("utf-8", "replace").strip().split(","))
+            cut = head[: head.rfind(b"\n") + 1] or head
+            table = pacsv.read_csv(pa.BufferReader(cut), read_options=pacsv.ReadOptions(
+                use_threads=False, block_size=min(len(cut) + 1, _MAX_BLOCK)))
+        else:
+            lines = [ln for ln in head.decode("utf-8", "replace").splitlines()[:sample_rows] if ln.strip()]
+            text = "\n".join(lines[:-1] or lines).encode()
+            table = pajson.read_json(pa.BufferReader(text), read_options=pajson.ReadOptions(
+                use_threads=False, block_size=min(len(text) + 1, _MAX_BLOCK)))
+    except pa.ArrowInvalid as e:
+        raise ValueError(f"{shown}: cannot infer the column types from its first rows ({' '.join(str(e).split())}); "
+                         "declare `columns` (name: type) to fix them.") from None
     fields = [pa.field(f.name, pa.string() if pa.types.is_null(f.type) else f.type) for f in table.schema]
     return pa.schema(fields)

@@ -10,10 +10,13 @@ a seeded hash, so the bytes of every shard are the same whichever engine ran.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
 import os
+import posixpath
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,7 +33,7 @@ from .config import PipelineConfig
 from .records import COPY_COLUMN, assign_split, augment, content_hash, mix, row_identity
 from .sources import BAD_ROW_SCHEMA, InputFile, infer_schema, list_inputs, read_input
 
-__all__ = ["Plan", "MapResult", "make_plan", "map_file", "reduce_shard", "DEFAULT_ROWS_PER_SHARD"]
+__all__ = ["Plan", "MapResult", "make_plan", "map_file", "reduce_shard", "recorded_failure", "DEFAULT_ROWS_PER_SHARD"]
 
 DEFAULT_ROWS_PER_SHARD = 250_000
 _KEY = "__shuffle_key"
@@ -130,7 +133,10 @@ def make_plan(config: PipelineConfig, run_token: str) -> Plan:
     options = config.storage_options
     inputs = list_inputs(config.input, input_format=config.input_format, storage_options=options)
     schema = config.arrow_schema() or infer_schema(inputs[0], storage_options=options)
-    for role, name in (("label", config.label), ("split.key", config.split.key)):
+    named = [("label", config.label), ("split.key", config.split.key)] + [
+        (f"augment.{setting}", name) for setting in ("noise_columns", "mask_columns", "image_columns")
+        for name in getattr(config.augment, setting) or ()]
+    for role, name in named:
         if name is not None and name not in schema.names:
             raise ValueError(f"Invalid value for `{role}`: {name!r}. Columns are {schema.names}.")
     groups = _partition_groups(config, inputs)
@@ -175,7 +181,8 @@ def _row_counts(config: PipelineConfig, inputs: list[InputFile], schema: pa.Sche
     options = config.storage_options
     if all(i.rows is not None for i in inputs) and not config.bytes_per_shard:
         return {i.url: float(i.rows or 0) for i in inputs}, 0.0
-    first = read_input(inputs[0], schema=schema, batch_rows=config.batch_rows, storage_options=options)
+    first = read_input(inputs[0], schema=schema, batch_rows=config.batch_rows, extra_columns=_extra_columns(config),
+                       storage_options=options)
     first_rows = sum(b.num_rows for _, b in first.batches)
     bytes_per_row = sum(b.nbytes for _, b in first.batches) / max(first_rows, 1)
     fs, _ = resolve(inputs[0].url, options)
@@ -183,13 +190,57 @@ def _row_counts(config: PipelineConfig, inputs: list[InputFile], schema: pa.Sche
     return {i.url: first_rows * size / max(sizes[0], 1) for i, size in zip(inputs, sizes)}, bytes_per_row
 
 
+def _extra_columns(config: PipelineConfig) -> str:
+    """Columns beyond the schema: left out when the user named the columns, refused when the
+    schema was inferred from the first file (they would be lost unnoticed)."""
+    return "ignore" if config.columns else "error"
+
+
+_FAILURES = {t.__name__: t for t in (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError,
+                                     NotADirectoryError, OSError, ValueError)}
+
+
+@contextlib.contextmanager
+def _reported(plan: Plan, task: str) -> Iterator[None]:
+    """Leave an expected failure (bad input, storage) in the run's staging directory before it
+    propagates: engines and runners wrap it (Beam in its own traceback text), and the launcher
+    shows the user this one line instead (:func:`recorded_failure`)."""
+    try:
+        yield
+    except (OSError, ValueError) as e:
+        kind = next(t.__name__ for t in type(e).__mro__ if t.__name__ in _FAILURES and _FAILURES[t.__name__] is t)
+        url = join_url(plan.staging, "errors", f"{task}.json")
+        with contextlib.suppress(Exception):  # a full disk may refuse this too: the engine's error then stands
+            fs, path = resolve(url, plan.config.storage_options)
+            fs.makedirs(posixpath.dirname(path), exist_ok=True)
+            fs.pipe_file(path, json.dumps({"type": kind, "message": str(e)}).encode())
+        raise
+
+
+def recorded_failure(plan: Plan) -> Exception | None:
+    """The first failure a task of this run left (:func:`_reported`), as its built-in type, or None."""
+    url = join_url(plan.staging, "errors")
+    fs, path = resolve(url, plan.config.storage_options)
+    with contextlib.suppress(Exception):
+        fs.invalidate_cache(path)
+        first = sorted(fs.ls(path, detail=False))[0]
+        failure = json.loads(fs.cat_file(first))
+        return _FAILURES.get(failure["type"], ValueError)(failure["message"])
+    return None
+
+
 def map_file(plan: Plan, index: int) -> MapResult:
     """Parse, validate, split, augment and shard one input file into staged pieces."""
+    with _reported(plan, f"map-{index:07d}"):
+        return _map_file(plan, index)
+
+
+def _map_file(plan: Plan, index: int) -> MapResult:
     config = plan.config
     source = plan.inputs[index]
     required = {config.label} if config.label else set()
     read = read_input(source, schema=plan.schema, required=required, batch_rows=config.batch_rows,
-                      storage_options=config.storage_options)
+                      extra_columns=_extra_columns(config), storage_options=config.storage_options)
     result = MapResult(index=index, rows_read=read.rows_read, bad_rows=read.bad.num_rows)
     for reason in read.bad.column("reason").to_pylist():
         key = reason.split(":")[0] if reason.startswith("column") else reason.split(":")[0][:80]
@@ -238,6 +289,11 @@ def reduce_shard(plan: Plan, split: str, shard: int, piece_urls: Sequence[str]) 
     Returns:
         ``(split, shard, format, Shard JSON)`` for each format written (not yet committed).
     """
+    with _reported(plan, f"shard-{split}-{shard:05d}"):
+        return _reduce_shard(plan, split, shard, piece_urls)
+
+
+def _reduce_shard(plan: Plan, split: str, shard: int, piece_urls: Sequence[str]) -> list[tuple[str, int, str, dict]]:
     config = plan.config
     table = pa.concat_tables([_read_ipc(u, config.storage_options) for u in sorted(piece_urls)])
     table = table.take(pc.sort_indices(table, [(_KEY, "ascending")])).drop_columns([_KEY])

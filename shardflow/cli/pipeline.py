@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import sys
+from collections.abc import Iterator
 from typing import Annotated, Any, Optional
 
 import typer
@@ -12,6 +16,49 @@ from shardflow.storage import parse_storage_options, redact_url
 from .common import StorageOption, err, out, splits_table
 
 pipeline_app = typer.Typer(help="Shard, augment and write training datasets with Beam or Dask.", no_args_is_help=True)
+
+
+_TASK_ERROR_LOGGERS = ("apache_beam.runners.common", "apache_beam.runners.worker.sdk_worker",
+                       "apache_beam.runners.portability.fn_api_runner",
+                       "apache_beam.runners.portability.local_job_service", "distributed.worker")
+
+
+class _NoStrayTracebacks:
+    """``sys.stderr`` while a pipeline runs: Beam's SDK worker prints a failed task's traceback
+    straight to stderr (``sdk_worker._execute``), besides logging it."""
+
+    def __init__(self, target: Any) -> None:
+        self._target = target
+
+    def write(self, text: str) -> int:
+        if text.startswith("Traceback (most recent call last):"):
+            return len(text)
+        return self._target.write(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._target, name)
+
+
+@contextlib.contextmanager
+def _quiet_task_errors() -> Iterator[None]:
+    """Engines log a failed task with its traceback; the failure reaches the user as one
+    ``error:`` line anyway (``pipelines.stages.recorded_failure``), so that stays quiet unless
+    ``--log-level`` asks for INFO or more."""
+    if logging.getLogger().isEnabledFor(logging.INFO):
+        yield
+        return
+    def drop(record: logging.LogRecord) -> bool:  # a filter, as engines set their loggers' levels themselves
+        return False
+
+    loggers = [logging.getLogger(name) for name in _TASK_ERROR_LOGGERS]
+    for logger in loggers:
+        logger.addFilter(drop)
+    try:
+        with contextlib.redirect_stderr(_NoStrayTracebacks(sys.stderr)):
+            yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(drop)
 
 
 def _parse_split(text: str) -> dict[str, float]:
@@ -76,7 +123,7 @@ def pipeline_run(
     if passthrough:
         overrides["beam_options"] = passthrough
     config = load_config(config_file, overrides)
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed:,.0f}/{task.total:,.0f}"),
+    with _quiet_task_errors(), Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed:,.0f}/{task.total:,.0f}"),
                   TextColumn("{task.fields[info]}"), console=err, transient=True) as bar:
         tasks: dict[str, Any] = {}
         totals = {"rows": 0, "bad": 0}
