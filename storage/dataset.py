@@ -30,7 +30,7 @@ from typing import Any, Literal
 import fsspec
 import pyarrow as pa
 
-from .commit import checksum_file, checksum_stream, publish_bytes, publish_file, temp_token
+from .commit import checksum_file, checksum_stream, publish_bytes, publish_file, require_exclusive_create, temp_token
 from .errors import ChecksumMismatchError, ManifestError
 from .manifest import HISTORY_DIR, MANIFEST_NAME, Manifest, Shard, check_relative_path, history_name, parse_history_name
 from .schema import feature_spec_from_schema, schema_from_json, schema_to_json
@@ -196,6 +196,7 @@ class DatasetWriter:
         self.mode = mode
         self.storage_options = dict(storage_options or {})
         self.fs, self.root = resolve(url, storage_options)
+        require_exclusive_create(self.fs, redact_url(url))  # before any shard is written, not at the commit
         with translate_errors(url, storage_options):
             versions = committed_versions(self.fs, self.root)
         self._base_version = versions[-1] if versions else 0  # what this write starts from

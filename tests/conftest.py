@@ -1,4 +1,4 @@
-"""Shared fixtures: a real S3-API server on 127.0.0.1 and one storage suite over three backends."""
+"""Shared fixtures: real object-store servers on 127.0.0.1 (S3, GCS, Azure) and one storage suite over every backend."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 
+from .object_servers import AzureServer, GcsServer, azure_server, gcs_server  # noqa: F401 (fixtures)
+
 # Never let a client look for cloud credentials or metadata endpoints outside this machine.
 os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
 os.environ.pop("AWS_PROFILE", None)
@@ -26,6 +28,7 @@ TEST_SECRET = "shardflow-test-secret-4d1f"  # tests assert this never leaks into
 class S3Server:
     endpoint: str
     bucket: str
+    secret: str = TEST_SECRET
 
     @property
     def storage_options(self) -> dict[str, Any]:
@@ -63,31 +66,41 @@ class Location:
     url: str
     storage_options: dict[str, Any]
     cli_options: list[str]
+    secret: str | None = None  # the credential in storage_options, which nothing written may show
 
     def child(self, name: str) -> Location:
-        return Location(self.backend, f"{self.url}/{name}", self.storage_options, self.cli_options)
+        return Location(self.backend, f"{self.url}/{name}", self.storage_options, self.cli_options, self.secret)
 
 
-@pytest.fixture(params=["memory", "file", "s3"])
+_SERVERS = {"s3": "s3_server", "gs": "gcs_server", "az": "azure_server"}  # backend: its session fixture
+
+
+def _object_store(request: pytest.FixtureRequest, name: str) -> Location:
+    """A fresh URL on the session's server for ``request.param`` (s3, gs or az)."""
+    server: S3Server | GcsServer | AzureServer = request.getfixturevalue(_SERVERS[request.param])
+    root = server.container if isinstance(server, AzureServer) else server.bucket
+    return Location(request.param, f"{request.param}://{root}/{name}", server.storage_options, server.cli_options,
+                    server.secret)
+
+
+@pytest.fixture(params=["memory", "file", "s3", "gs", "az"])
 def location(request: pytest.FixtureRequest, tmp_path: Any) -> Location:
-    """The storage suite runs once per backend: memory://, file://, s3:// on the test server."""
+    """The storage suite runs once per backend: memory://, file://, and s3://, gs://, az:// on test servers."""
     name = f"ds-{uuid.uuid4().hex[:8]}"
     if request.param == "memory":
         return Location("memory", f"memory://shardflow-tests/{name}", {}, [])
     if request.param == "file":
         return Location("file", f"file://{tmp_path / name}", {}, [])
-    server: S3Server = request.getfixturevalue("s3_server")
-    return Location("s3", f"s3://{server.bucket}/{name}", server.storage_options, server.cli_options)
+    return _object_store(request, name)
 
 
-@pytest.fixture(params=["file", "s3"])
+@pytest.fixture(params=["file", "s3", "gs", "az"])
 def shared_location(request: pytest.FixtureRequest, tmp_path: Any) -> Location:
     """Backends another OS process can see (memory:// lives inside one process); a plain path here."""
     name = f"ds-{uuid.uuid4().hex[:8]}"
     if request.param == "file":
         return Location("file", str(tmp_path / name), {}, [])
-    server: S3Server = request.getfixturevalue("s3_server")
-    return Location("s3", f"s3://{server.bucket}/{name}", server.storage_options, server.cli_options)
+    return _object_store(request, name)
 
 
 def run_cli(*args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
