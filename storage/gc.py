@@ -24,7 +24,7 @@ from .lease import LEASE_DIR
 from .manifest import HISTORY_DIR, MANIFEST_NAME, Manifest, parse_history_name
 from .urls import is_local, join_url, redact_url, resolve, translate_errors
 
-__all__ = ["GcReport", "collect_garbage"]
+__all__ = ["GcReport", "abort_stale_uploads", "collect_garbage"]
 
 log = logging.getLogger(__name__)
 _SHARD = re.compile(rf"^(?:[^/=]+=[^/]*/)*{SHARD_PREFIX}[^/]+-[0-9a-f]{{20}}\.(?:parquet|tfrecord|tfrecord\.gz)$")
@@ -39,6 +39,7 @@ class GcReport:
     bytes_freed: int = 0
     too_recent: list[str] = field(default_factory=list)  # orphans inside the grace period
     unknown: list[str] = field(default_factory=list)  # not shardflow's, or another dataset's: never touched
+    aborted_uploads: list[str] = field(default_factory=list)  # unfinished multipart uploads (also in `removed`)
     dry_run: bool = False
 
 
@@ -153,7 +154,8 @@ def collect_garbage(
                 fs.rm_file(path)
                 emptied.add(os.path.normpath(posixpath.dirname(path)))
                 log.info("gc removed %s", redact_url(join_url(url, rel)))
-        report.removed += _abort_stale_uploads(fs, root, cutoff, dry_run)
+        report.aborted_uploads = abort_stale_uploads(fs, root, older_than=grace_seconds, dry_run=dry_run)
+        report.removed += [f"multipart upload of {key}" for key in report.aborted_uploads]
         if is_local(fs) and not dry_run:
             _remove_empty_dirs(posixpath.join(root, STAGING_DIR), cutoff, emptied)
     return report
@@ -176,21 +178,64 @@ def _remove_empty_dirs(top: str, cutoff: _dt.datetime, emptied: set[str]) -> Non
             pass  # not empty, or gone
 
 
-def _abort_stale_uploads(fs: Any, root: str, cutoff: _dt.datetime, dry_run: bool) -> list[str]:
-    """S3 only: abort multipart uploads under ``root`` that a killed writer left (invisible, but billed)."""
+def abort_stale_uploads(fs: Any, prefix: str, *, older_than: float = 86400.0, dry_run: bool = False) -> list[str]:
+    """Abort the unfinished multipart uploads under ``prefix`` idle for more than ``older_than`` seconds.
+
+    A writer killed during a multipart upload leaves the upload open: no object appears, but its
+    parts stay stored (and billed) until the upload is aborted. A live writer's upload looks the
+    same, so only uploads idle for longer than ``older_than`` are aborted: initiated, and their
+    newest part uploaded, that long ago (default one day, far longer than any part takes).
+    Filesystems without multipart uploads (local disk, memory) have nothing to abort.
+
+    Args:
+        fs: The filesystem (an ``s3fs.S3FileSystem``; others are skipped).
+        prefix: ``bucket/key/prefix`` whose uploads to consider.
+        older_than: Leave alone uploads initiated, or given a part, less than this many seconds ago.
+        dry_run: Report without aborting.
+
+    Returns:
+        The keys of the uploads aborted (or that would be, on a dry run), relative to ``prefix``.
+
+    Raises:
+        ValueError: a negative ``older_than``.
+    """
+    if older_than < 0:
+        raise ValueError(f"Invalid value for `older_than`: {older_than}. Expected >= 0 seconds.")
     if not hasattr(fs, "list_multipart_uploads"):
         return []
-    bucket, _, key_root = root.strip("/").partition("/")
-    prefix = key_root + "/" if key_root else ""
+    cutoff = _dt.datetime.now(_dt.timezone.utc) - _dt.timedelta(seconds=older_than)
+    bucket, _, key_root = prefix.strip("/").partition("/")
+    key_prefix = key_root + "/" if key_root else ""
     aborted = []
     markers: dict[str, str] = {}
     while True:
-        page = fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=prefix, **markers)
+        page = fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=key_prefix, **markers)
         for upload in page.get("Uploads", []):
-            if upload["Initiated"] <= cutoff:
-                if not dry_run:
+            try:
+                if upload["Initiated"] > cutoff or _newest_part(fs, bucket, upload) > cutoff:
+                    continue
+            except FileNotFoundError:  # completed or aborted since it was listed
+                continue
+            if not dry_run:
+                try:
                     fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
-                aborted.append(f"multipart upload of {upload['Key'][len(prefix):]}")
+                except FileNotFoundError:  # aborted meanwhile (or a retried abort whose first reply was lost)
+                    pass
+                log.info("aborted the unfinished multipart upload of s3://%s/%s", bucket, upload["Key"])
+            aborted.append(upload["Key"][len(key_prefix):])
         if not page.get("IsTruncated"):
             return aborted
         markers = {"KeyMarker": page["NextKeyMarker"], "UploadIdMarker": page["NextUploadIdMarker"]}
+
+
+def _newest_part(fs: Any, bucket: str, upload: Mapping[str, Any]) -> _dt.datetime:
+    """When the newest part of an unfinished upload arrived (the epoch if it has none)."""
+    newest = _dt.datetime.fromtimestamp(0, _dt.timezone.utc)
+    marker: dict[str, int] = {}
+    while True:
+        page = fs.call_s3("list_parts", Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"], **marker)
+        for part in page.get("Parts", []):
+            newest = max(newest, part["LastModified"])
+        if not page.get("IsTruncated"):
+            return newest
+        marker = {"PartNumberMarker": page["NextPartNumberMarker"]}

@@ -8,6 +8,7 @@ further in works on that pair and never reads credentials from the environment i
 from __future__ import annotations
 
 import contextlib
+import copy
 import posixpath
 import re
 from collections.abc import Iterable, Iterator, Mapping
@@ -20,6 +21,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 __all__ = [
     "resolve",
+    "with_retry_defaults",
     "join_url",
     "is_local",
     "redact_url",
@@ -50,11 +52,45 @@ def resolve(url: str, storage_options: Mapping[str, Any] | None = None) -> tuple
     if not isinstance(url, str) or not url.strip():
         raise ValueError(f"Invalid value for `url`: {url!r}. Expected a non-empty URL or path.")
     try:
-        fs, path = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
+        fs, path = fsspec.core.url_to_fs(url, **with_retry_defaults(url, storage_options))
     except (ImportError, ValueError) as e:
         raise ValueError(f"Cannot open {redact_url(url)}: {redact_text(str(e))}") from e
     path = path.rstrip("/") or path
     return fs, path
+
+
+# Bounded retries through the libraries' own settings, for what object stores say now and then:
+# botocore's "standard" mode retries throttling (503 SlowDown), 500/502/503/504, timeouts and
+# dropped connections with exponential backoff and jitter; 4 retries = 5 attempts per call.
+# s3fs wraps each call in its own loop (`S3FileSystem.retries`, 5 attempts, not an option) for
+# closed connections, read timeouts and SlowDown that outlast botocore's. A user's own options
+# win, key by key.
+_RETRY_DEFAULTS: dict[str, dict[str, Any]] = {
+    "s3": {"config_kwargs": {"retries": {"mode": "standard", "max_attempts": 4}}},
+}
+_RETRY_DEFAULTS["s3a"] = _RETRY_DEFAULTS["s3"]
+
+
+def _merged(defaults: Mapping[str, Any], options: Mapping[str, Any]) -> dict[str, Any]:
+    """``defaults`` overridden by ``options``; nested mappings merge key by key. A fresh copy
+    throughout: botocore writes into the ``retries`` dict it is given."""
+    out = copy.deepcopy(dict(defaults))
+    for key, value in options.items():
+        nested = isinstance(value, Mapping) and isinstance(out.get(key), Mapping)
+        out[key] = _merged(out[key], value) if nested else value
+    return out
+
+
+def with_retry_defaults(url: str, storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """``storage_options`` with shardflow's retry defaults for ``url``'s protocol added under them.
+
+    A key the user set (``config_kwargs.retries.max_attempts=1``) replaces the default of that
+    key only; the other defaults stay.
+    """
+    options = dict(storage_options or {})
+    protocol, _ = fsspec.core.split_protocol(url)
+    defaults = _RETRY_DEFAULTS.get(protocol or "")
+    return _merged(defaults, options) if defaults and "::" not in url else options
 
 
 def join_url(url: str, *parts: str) -> str:
@@ -179,5 +215,14 @@ def translate_errors(url: str, storage_options: Mapping[str, Any] | None = None)
         module = type(e).__module__.split(".")[0]
         if module not in _VENDOR_MODULES:
             raise
-        detail = redact_text(f"{type(e).__name__}: {e}", secrets)
-        raise OSError(f"Storage error at {shown}: {detail}") from (None if secrets and detail != f"{type(e).__name__}: {e}" else e)
+        original = f"{type(e).__name__}: {_summary(e)}"
+        detail = redact_text(original, secrets)
+        raise OSError(f"Storage error at {shown}: {detail}") from (None if secrets and detail != original else e)
+
+
+def _summary(error: Exception) -> str:
+    """A vendor error on one line: its first line, plus Azure's error code (its message goes on with XML)."""
+    lines = str(error).strip().splitlines() or [""]
+    code = getattr(error, "error_code", None)
+    code = getattr(code, "value", code)  # azure: a str enum, a str or None
+    return f"{lines[0]} ({code})" if isinstance(code, str) and code not in lines[0] else lines[0]

@@ -1,0 +1,92 @@
+"""A worker that hangs (SIGSTOP: alive, connected, never answering) must not freeze the job.
+
+TensorFlow retries the steps of a worker that *fails*, but waits forever on one that hangs; the
+coordinator's stall watchdog (``training/watchdog.py``) ends it after ``stall_seconds`` without
+progress, and the local cluster restarts every task from the last committed checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+
+import pytest
+import yaml
+
+from shardflow.pipelines.synth import SynthConfig, synthesize
+from shardflow.storage import CheckpointStore
+from shardflow.training.watchdog import EXIT_STALLED
+from tests.helpers.processes import tagged_processes, wait_until_gone
+
+EXE = os.path.join(os.path.dirname(sys.executable), "shardflow")
+
+
+def test_the_watchdog_ends_a_process_that_stops_making_progress() -> None:
+    script = textwrap.dedent("""
+        import threading, time
+        from shardflow.training.watchdog import StallWatchdog
+        with StallWatchdog(1.0) as watchdog:
+            for _ in range(8):  # progress: beats every 0.25 s for 2 s, longer than the timeout
+                time.sleep(0.25)
+                watchdog.beat()
+            print("beats kept it alive", flush=True)
+            threading.Event().wait()  # hung, as behind a stopped worker
+    """)
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == EXIT_STALLED, proc.stderr
+    assert "beats kept it alive" in proc.stdout
+    assert "training made no progress for" in proc.stderr and "hung" in proc.stderr
+    assert time.monotonic() - started < 30
+
+
+@pytest.fixture
+def tag(monkeypatch) -> Iterator[str]:
+    value = f"hung-worker-{os.getpid()}-{time.monotonic_ns()}"
+    monkeypatch.setenv("SHARDFLOW_TEST_TAG", value)
+    yield value
+    for pid in tagged_processes(value):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.chaos
+@pytest.mark.timeout(900)
+def test_a_stopped_worker_does_not_deadlock_the_job(tmp_path, tag) -> None:
+    synthesize(str(tmp_path / "raw"), SynthConfig(rows=40_000, days=2, rows_per_shard=10_000))
+    subprocess.run([EXE, "pipeline", "run", "--input", str(tmp_path / "raw"), "--output", str(tmp_path / "data"),
+                    "--label", "label", "--formats", "tfrecord", "--rows-per-shard", "10000"], check=True,
+                   capture_output=True)
+    config = tmp_path / "train.yaml"
+    config.write_text(yaml.safe_dump({
+        "model": {"hash_buckets": 4096, "embedding_dim": 4, "hidden_units": [16]}, "batch_size": 128,
+        "run_dir": str(tmp_path / "run"), "eval_split": None, "log_every": 10, "checkpoint": {"every_steps": 50},
+        "stall_seconds": 30}))
+    with (tmp_path / "stderr.txt").open("w") as stderr:
+        proc = subprocess.Popen([EXE, "train", str(config), "--data", str(tmp_path / "data"), "--cluster", "local",
+                                 "--workers", "2", "--ps", "1", "--steps", "400"], stdout=subprocess.PIPE,
+                                stderr=stderr, text=True)
+    records = tmp_path / "run" / "checkpoints" / "_checkpoints"
+    deadline = time.monotonic() + 300
+    while not (records.exists() and any(records.iterdir())):
+        assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "stderr.txt").read_text()[-3000:]
+        time.sleep(0.2)
+    worker = tagged_processes(tag, b"train-server", b'"type": "worker", "index": 0')
+    assert len(worker) == 1
+    os.kill(worker[0], signal.SIGSTOP)
+    stopped_at = time.monotonic()
+    out, _ = proc.communicate(timeout=600)
+    err = (tmp_path / "stderr.txt").read_text()
+    assert proc.returncode == 0, err[-3000:]
+    assert "training made no progress for" in err and "restarting every task from the last checkpoint" in err
+    assert "(resumed from " in out and "→ 400" in out
+    assert CheckpointStore(str(tmp_path / "run" / "checkpoints")).latest().step == 400
+    print(f"stopped worker: job finished {time.monotonic() - stopped_at:.0f} s after the SIGSTOP")
+    assert not wait_until_gone(tag, 10), "processes left behind"
