@@ -105,7 +105,14 @@ def publish_file(fs: fsspec.AbstractFileSystem, local_path: str, dest: str) -> N
             os.unlink(local_path)
         _fsync_dir(parent)
     else:  # no makedirs: object stores have no directories, and s3fs would create a missing bucket
-        fs.put_file(local_path, dest)
+        try:
+            fs.put_file(local_path, dest)
+        except FileNotFoundError:
+            # A multipart upload whose completion reply was lost: the client's retry finds the upload
+            # gone (NoSuchUpload). Final names derive from content, so an object of this size is ours.
+            fs.invalidate_cache(dest)
+            if not fs.exists(dest) or fs.size(dest) != os.path.getsize(local_path):
+                raise
         os.unlink(local_path)
 
 
