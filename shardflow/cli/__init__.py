@@ -45,12 +45,23 @@ def _root(log_level: Annotated[str, typer.Option(help="Logging level for machine
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: expected failures print one clear line, no traceback.
 
-    Usage errors are handled by typer itself (exit 2), so is Ctrl-C (exit 130); failures found by
-    a command exit 1; storage and input errors exit 2.
+    Usage errors (a bad flag value, an unknown option) exit 2, Ctrl-C 130; failures found by a
+    command exit 1; storage and input errors exit 2.
     """
     exit_with_parent()  # started by a shardflow process (a local cluster's task, a scheduled run)
     try:
-        app(args=argv)
+        code = app(args=argv, standalone_mode=False)  # usage errors raised here, not framed by typer
+        sys.exit(code if isinstance(code, int) else 0)
+    except typer.TyperException as e:  # a usage error: typer's own click raises these
+        if not e.format_message():  # a command group run bare: its help is the answer
+            e.show()
+        else:
+            ctx = getattr(e, "ctx", None)
+            where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+            err.print(f"error: {e.format_message()}{where}", style="red", highlight=False, markup=False)
+        sys.exit(e.exit_code)
+    except typer.Abort:  # Ctrl-C
+        sys.exit(130)
     except CommandFailed as e:
         err.print(f"error: {e}", style="red", highlight=False, markup=False)
         sys.exit(1)
