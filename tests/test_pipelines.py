@@ -165,6 +165,31 @@ def test_bad_rows_go_to_the_dead_letter_output(tmp_path) -> None:
     assert sorted(read_parquet(open_dataset(str(tmp_path / "out"))).column("id").to_pylist()) == [1, 5, 6, 7]
 
 
+def test_one_bad_row_fails_the_run_unless_allowed(tmp_path) -> None:
+    """``max_bad_fraction`` is 0 unless configured: a single bad row stops the run, naming why and
+    where the bad rows went, and commits nothing but the dead letters."""
+    from .helpers import error_line
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    write_csv(raw / "a.csv", "id,x,label\n1,0.5,1\n2,1.5,0\n")  # the types are inferred from this file
+    write_csv(raw / "b.csv", "id,x,label\n3,abc,1\n4,3.5,0\n")
+    out = tmp_path / "out"
+    config = load_config(None, {"input": str(raw), "output": str(out)})
+    assert config.max_bad_fraction == 0
+    with pytest.raises(ValueError, match=r"^1 of 4 rows are bad \(25\.00%\), above `max_bad_fraction` 0; nothing "
+                                         r"committed\. Reasons: column 'x' \(1\)\. The rows and reasons are in .*_dead_letter\.$"):
+        run_pipeline(config)
+    with pytest.raises(FileNotFoundError):
+        open_dataset(str(out))
+    dead = read_parquet(open_dataset(str(out / "_dead_letter"))).to_pylist()
+    assert len(dead) == 1 and json.loads(dead[0]["raw"])["x"] == "abc" and dead[0]["source"].endswith("b.csv")
+    proc = run_cli("pipeline", "run", "--input", str(raw), "--output", str(tmp_path / "cli"), check=False)
+    error_line(proc, "1 of 4 rows are bad", "`max_bad_fraction` 0", str(tmp_path / "cli" / "_dead_letter"))
+    allowed = run_pipeline(load_config(None, {"input": str(raw), "output": str(out), "max_bad_fraction": 0.25}))
+    assert allowed.bad_rows == 1 and allowed.manifest.rows == 3
+
+
 def test_empty_input_commits_an_empty_dataset(tmp_path) -> None:
     raw = tmp_path / "raw"
     raw.mkdir()
@@ -218,24 +243,91 @@ def test_values_round_trip_exactly_in_parquet_duckdb_and_tfrecord(tmp_path) -> N
     assert math.isnan(x[0]) and x[3] == np.float32(5e-324) and np.isinf(x[1])  # float32 in TF examples
 
 
-def test_tabular_augmentation_is_seeded_and_only_for_training_rows(raw, tmp_path) -> None:
-    settings = {"augment": {"copies": 2, "noise_std": 0.5, "mask_prob": 0.1,
-                            "functions": ["tests.helpers.augmentations:double_i1"]}}
-    a = run(raw, str(tmp_path / "a"), **settings)
-    run(raw, str(tmp_path / "b"), engine="dask", **settings)
-    assert checksums(str(tmp_path / "a")) == checksums(str(tmp_path / "b"))
-    dataset = open_dataset(str(tmp_path / "a"))
-    train, evaluation = read_parquet(dataset, "train"), read_parquet(dataset, "eval")
-    copies = np.bincount(train.column("augment_copy").to_numpy())
-    assert copies.tolist() == [copies[0]] * 3 and set(evaluation.column("augment_copy").to_pylist()) == {0}
-    assert copies[0] + evaluation.num_rows == 30_000
-    originals = train.filter(pa.compute.equal(train.column("augment_copy"), 0))
-    augmented = train.filter(pa.compute.equal(train.column("augment_copy"), 1))
-    assert originals.column("label").to_numpy().sum() == augmented.column("label").to_numpy().sum()
-    assert augmented.column("C1").null_count > originals.column("C1").null_count  # masking
-    assert not np.allclose(np.nan_to_num(np.sort(originals.column("I3").to_numpy(zero_copy_only=False))),
-                           np.nan_to_num(np.sort(augmented.column("I3").to_numpy(zero_copy_only=False))))
-    assert a.manifest.metadata["pipeline"]["augment"]["copies"] == 2
+AUGMENT_ROWS = 2000
+
+
+@pytest.fixture(scope="module")
+def augment_input(tmp_path_factory) -> tuple[str, dict[int, dict]]:
+    """A Parquet file of rows with an ``id`` to match each augmented copy with its original."""
+    rng = np.random.default_rng(0)
+    n = AUGMENT_ROWS
+    table = pa.table({
+        "id": pa.array(np.arange(n), pa.int64()),
+        "I1": pa.array(rng.normal(0, 3, n).astype(np.float32), mask=np.arange(n) % 10 == 3),  # nulls stay nulls
+        "y": pa.array(rng.uniform(-1, 1, n)),
+        "c": pa.array([f"c{i % 17}" for i in range(n)]),
+        "label": pa.array((np.arange(n) % 4 == 0).astype(np.int64)),
+    })
+    path = tmp_path_factory.mktemp("augment") / "rows.parquet"
+    pq.write_table(table, path)
+    return str(path), {row["id"]: row for row in table.to_pylist()}
+
+
+def augmented(source: str, rows: dict[int, dict], out: str, **settings) -> dict[int, list[dict]]:
+    """Run a pipeline with 2 augmented copies; check what every effect must leave alone:
+    eval rows are the input rows, untouched and never copied; each training row is there once as
+    its untouched original and once per copy. Returns the copies of each training row, by id."""
+    run(source, out, **{**settings, "augment": {"copies": 2, **settings.get("augment", {})}})
+    dataset = open_dataset(out)
+    train, evaluation = read_parquet(dataset, "train").to_pylist(), read_parquet(dataset, "eval").to_pylist()
+    assert evaluation and all(row == {**rows[row["id"]], "augment_copy": 0} for row in evaluation)
+    copies: dict[int, list[dict]] = {}
+    for row in sorted(train, key=lambda r: (r["id"], r["augment_copy"])):
+        copies.setdefault(row["id"], []).append(row)
+    eval_ids = {row["id"] for row in evaluation}
+    assert not eval_ids & set(copies) and len(eval_ids) + len(copies) == len(rows)
+    for i, (original, *made) in copies.items():
+        assert original == {**rows[i], "augment_copy": 0}
+        assert [row["augment_copy"] for row in made] == [1, 2]
+    return {i: made for i, (_, *made) in copies.items()}
+
+
+def test_tabular_augmentation_is_seeded_and_only_for_training_rows(augment_input, tmp_path) -> None:
+    source, rows = augment_input
+
+    # User functions alone: each copy is its original with I1 doubled, nothing else changed.
+    copies = augmented(source, rows, str(tmp_path / "functions"),
+                          augment={"functions": ["tests.helpers.augmentations:double_i1"]})
+    for i, made in copies.items():
+        for row in made:
+            assert row == {**rows[i], "I1": None if rows[i]["I1"] is None else 2 * rows[i]["I1"],
+                           "augment_copy": row["augment_copy"]}
+
+    # Noise alone: every float feature of every copy moved by N(0, 0.5); ids, strings, labels kept.
+    noise = {"augment": {"noise_std": 0.5}}
+    noisy = augmented(source, rows, str(tmp_path / "noise"), **noise)
+    moved: dict[str, list[float]] = {"I1": [], "y": []}
+    for i, made in noisy.items():
+        for row in made:
+            assert {k: row[k] for k in ("id", "c", "label")} == {k: rows[i][k] for k in ("id", "c", "label")}
+            for column, deltas in moved.items():
+                assert (row[column] is None) == (rows[i][column] is None)
+                if row[column] is not None:
+                    deltas.append(row[column] - rows[i][column])
+        assert made[0]["y"] != made[1]["y"]  # each copy its own noise
+    for column, deltas in moved.items():
+        assert len(deltas) > AUGMENT_ROWS and all(d != 0 for d in deltas), column
+        assert abs(np.mean(deltas)) < 0.05 and 0.45 < np.std(deltas) < 0.55, (column, np.mean(deltas), np.std(deltas))
+
+    # Masking alone: each chosen column of a copy is its original value or null, about mask_prob of the time.
+    copies = augmented(source, rows, str(tmp_path / "mask"), augment={"mask_prob": 0.3, "mask_columns": ["c", "y"]})
+    masked = kept = 0
+    for i, made in copies.items():
+        for row in made:
+            assert {k: row[k] for k in ("id", "I1", "label")} == {k: rows[i][k] for k in ("id", "I1", "label")}
+            for column in ("c", "y"):
+                assert row[column] in (None, rows[i][column])
+                masked, kept = masked + (row[column] is None), kept + (row[column] is not None)
+    assert 0.25 < masked / (masked + kept) < 0.35
+
+    # Seeded: the other engine writes the same bytes; another seed, other bytes (and other noise).
+    augmented(source, rows, str(tmp_path / "noise-dask"), engine="dask", **noise)
+    assert checksums(str(tmp_path / "noise-dask")) == checksums(str(tmp_path / "noise"))
+    reseeded = augmented(source, rows, str(tmp_path / "noise-seed-2"), seed=2, **noise)
+    assert set(checksums(str(tmp_path / "noise-seed-2"))).isdisjoint(checksums(str(tmp_path / "noise")))
+    both = set(reseeded) & set(noisy)
+    assert both and all(reseeded[i][0]["y"] != noisy[i][0]["y"] for i in both)
+    assert open_dataset(str(tmp_path / "noise")).manifest.metadata["pipeline"]["augment"]["noise_std"] == 0.5
 
 
 def test_image_augmentation(tmp_path) -> None:
@@ -329,10 +421,20 @@ def test_s3_to_s3_with_a_glob_split_key_and_gzip(s3_server, tmp_path) -> None:
 
 
 def test_dask_address_joins_an_existing_cluster(raw, tmp_path) -> None:
-    from distributed import LocalCluster
+    from dask.utils import key_split
+    from distributed import Client, LocalCluster, get_task_stream
 
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
-        run(raw, str(tmp_path / "joined"), engine="dask", dask_address=cluster.scheduler_address)
-        assert len(cluster.workers) == 1  # the job ran on this cluster and left it running
+    events = Events()
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        workers = set(client.scheduler_info()["workers"])
+        with get_task_stream(client) as stream:  # every task this scheduler runs meanwhile, whoever submitted it
+            run(raw, str(tmp_path / "joined"), engine="dask", dask_address=cluster.scheduler_address, progress=events)
+        assert set(client.scheduler_info()["workers"]) == workers  # the job left the cluster as it found it
+    plan = events.seen[0][1]
+    ran = [key_split(task["key"]) for task in stream.data]
+    # This cluster's one worker ran every task of the job: one per input file, one per shard.
+    assert sorted(ran) == sorted(["map_file"] * plan["files"] + ["reduce_shard"] * plan["shards"]), ran
+    assert {task["worker"] for task in stream.data} == workers
     run(raw, str(tmp_path / "local"), engine="dask")
     assert checksums(str(tmp_path / "joined")) == checksums(str(tmp_path / "local"))

@@ -8,6 +8,7 @@ import posixpath
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pyarrow as pa
@@ -24,6 +25,7 @@ from shardflow.storage import (
     resolve,
     write_parquet_shards,
 )
+from shardflow.storage.dataset import committed_versions
 from shardflow.storage.manifest import MANIFEST_NAME, Manifest
 
 from .conftest import TEST_SECRET, Location
@@ -49,7 +51,11 @@ def write(loc: Location, table: pa.Table, *, mode: str = "overwrite", partition:
 
 
 def _stamp(info: dict) -> object:
-    return info.get("LastModified") or info.get("mtime") or info.get("created")
+    """When a file was last written, whatever the backend calls it (s3fs, local, gcsfs/memory, adlfs)."""
+    stamp = info.get("LastModified") or info.get("mtime") or info.get("updated") or info.get("created") \
+        or info.get("last_modified")
+    assert stamp is not None, f"no modification time in {sorted(info)}"
+    return stamp
 
 
 def files_under(loc: Location) -> set[str]:
@@ -344,18 +350,78 @@ def test_manifest_round_trips_and_records_lineage(location: Location) -> None:
     assert manifest.splits() == {"train": {"shards": 1, "rows": 50, "bytes": manifest.shards[0].bytes}}
 
 
+def _race(writers: list[DatasetWriter]) -> dict[str, Manifest | Exception]:
+    """Commit every writer from its own thread, released together at the last step of a commit.
+
+    Each thread waits at the barrier once it has read the latest version and checked its
+    shards, just before the exclusive create of the next version: all of them have seen
+    the same version by then, so only that create can tell them apart.
+    """
+    barrier = threading.Barrier(len(writers), timeout=60)
+    for w in writers:
+        check = w._check_in_place  # the step right before the create; AttributeError if it is renamed
+        w._check_in_place = lambda shards, check=check: (check(shards), barrier.wait())
+    results: dict[str, Manifest | Exception] = {}
+
+    def commit(w: DatasetWriter) -> None:
+        try:
+            results[w.name] = w.commit(schema=SCHEMA)
+        except Exception as e:  # noqa: BLE001 - whatever it raises is the result the test looks at
+            results[w.name] = e
+
+    threads = [threading.Thread(target=commit, args=(w,)) for w in writers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads), "a racing commit hung"
+    return results
+
+
 def test_concurrent_commits_cannot_both_win(location: Location) -> None:
+    """Two writers racing from the same version: one commits the next version, the other
+    learns so and commits nothing (the create of the version file is exclusive)."""
+    write(location, make_table(0, 10))
+    tables = {"a": make_table(100, 10), "b": make_table(200, 10)}
+    writers = [DatasetWriter(location.url, name=name, storage_options=location.storage_options) for name in tables]
+    for w in writers:
+        write_parquet_shards(w, tables[w.name].to_batches(), split="train")
+    try:
+        results = _race(writers)
+    finally:
+        for w in writers:
+            w.close()
+    won = {name: r for name, r in results.items() if isinstance(r, Manifest)}
+    lost = {name: r for name, r in results.items() if not isinstance(r, Manifest)}
+    assert len(won) == 1 and len(lost) == 1, results
+    (winner, manifest), (error,) = next(iter(won.items())), lost.values()
+    assert manifest.version == 2
+    assert isinstance(error, FileExistsError), error
+    assert "another writer committed version 2 while this one was writing; nothing was committed" in str(error)
+    dataset = open_dataset(location.url, storage_options=location.storage_options)
+    assert dataset.manifest == manifest and dataset.manifest.writer["name"] == winner
+    assert read_parquet(dataset).equals(tables[winner])
+    fs, root = resolve(location.url, location.storage_options)
+    assert committed_versions(fs, root) == [1, 2]
+
+
+def test_a_writer_holding_a_stale_base_cannot_commit(location: Location) -> None:
+    """A writer that started from version 1 while another committed version 2 is refused
+    before it creates anything, whatever order they wrote their shards in."""
     write(location, make_table(0, 10))
     a = DatasetWriter(location.url, name="a", storage_options=location.storage_options)
     b = DatasetWriter(location.url, name="b", storage_options=location.storage_options)
     with a, b:
-        write_parquet_shards(a, make_table(100, 10).to_batches(), split="train")
         write_parquet_shards(b, make_table(200, 10).to_batches(), split="train")
+        write_parquet_shards(a, make_table(100, 10).to_batches(), split="train")
         assert a.commit(schema=SCHEMA).version == 2
-        with pytest.raises(FileExistsError, match="another writer committed version 2 since this write started"):
+        with pytest.raises(FileExistsError, match="another writer committed version 2 since this write started "
+                                                  "from version 1; nothing was committed"):
             b.commit(schema=SCHEMA)
     dataset = open_dataset(location.url, storage_options=location.storage_options)
     assert dataset.manifest.writer["name"] == "a" and read_parquet(dataset).equals(make_table(100, 10))
+    fs, root = resolve(location.url, location.storage_options)
+    assert committed_versions(fs, root) == [1, 2]
 
 
 def test_a_crash_before_the_manifest_copy_still_shows_the_committed_version(location: Location) -> None:

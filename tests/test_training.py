@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import collections
+import itertools
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+import types
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -113,32 +116,74 @@ def test_cli_rejects_bad_tf_config_in_one_line(clicks, tmp_path, monkeypatch) ->
     assert proc.returncode == 2 and "TF_CONFIG is not valid JSON" in proc.stderr
 
 
-@pytest.mark.parametrize("input_s, step_s, low, high", [
-    (0.03, 0.0, 0.8, 1.0),  # input-bound: nearly all the time is waiting
-    (0.0, 0.03, 0.0, 0.15),  # compute-bound: batches are ready when asked for
-    (0.04, 0.02, 0.25, 0.75),  # a prefetched batch half made while the step ran: about (40 - 20) / 40
-], ids=["input-bound", "compute-bound", "overlapped"])
-def test_input_stall_is_the_share_of_step_time_spent_waiting_for_batches(input_s, step_s, low, high) -> None:
+class _Gates:
+    """Events by name, set on one side of an input pipeline and waited for on the other."""
+
+    def __init__(self) -> None:
+        self._events: dict[tuple[str, int], threading.Event] = collections.defaultdict(threading.Event)
+        self._lock = threading.Lock()
+
+    def _event(self, name: str, n: int) -> threading.Event:
+        with self._lock:
+            return self._events[(name, n)]
+
+    def set(self, name: str, n: int) -> None:
+        self._event(name, n).set()
+
+    def wait(self, name: str, n: int) -> None:
+        if not self._event(name, n).wait(60):
+            raise TimeoutError(f"{name} {n} never happened")
+
+
+STALL_T = 0.1  # seconds: long beside a busy machine's scheduling delays
+
+
+@pytest.mark.parametrize("case, low, high", [
+    ("input-bound", 0.8, 1.0),  # a batch takes T to make, a step no time: nearly all the time is waiting
+    ("compute-bound", 0.0, 0.15),  # a step takes T and ends only once the next batch is made
+    ("overlapped", 0.25, 0.75),  # a batch takes 2T from the start of the step before it (T): (2T - T) / 2T
+])
+def test_input_stall_is_the_share_of_step_time_spent_waiting_for_batches(case, low, high) -> None:
+    """Each case is arranged by events, not by racing sleeps: in the compute-bound case the
+    next batch exists before a step ends; in the overlapped one a batch is begun only when the
+    step before it begins. The sleeps only give each side a duration."""
     import tensorflow as tf
 
     from shardflow.training.trainer import timed_steps
 
-    def sleep(seconds: float) -> Callable[[tf.Tensor], tf.Tensor]:
-        def slow(x: tf.Tensor) -> tf.Tensor:
-            time.sleep(seconds)
-            return x
-        return lambda x: tf.py_function(slow, [x], tf.float32)
+    k, gates = 3, _Gates()
+    gates.set("step started", -1)
 
-    data = tf.data.Dataset.range(10**6).map(lambda i: tf.cast(i, tf.float32)).map(sleep(input_s))
+    def make(x: tf.Tensor) -> tf.Tensor:  # batch number x
+        n = int(x.numpy())
+        if case == "input-bound":
+            time.sleep(STALL_T)
+        elif case == "overlapped":
+            gates.wait("step started", n - 1)
+            time.sleep(2 * STALL_T)
+        gates.set("batch made", n)
+        return x
+
+    def work(y: tf.Tensor) -> tf.Tensor:  # the step on batch y / 2
+        n = int(y.numpy()) // 2
+        if case == "compute-bound":
+            gates.wait("batch made", n + 1)
+        elif case == "overlapped":
+            gates.set("step started", n)
+        time.sleep(STALL_T)
+        return y
+
+    data = tf.data.Dataset.range(10**6).map(lambda i: tf.py_function(make, [tf.cast(i, tf.float32)], tf.float32))
     iterator = iter(data.map(lambda x: (x, 2 * x)).prefetch(1))
-    steps = timed_steps(5, lambda x, y: sleep(step_s)(y))
+    step = (lambda x, y: y) if case == "input-bound" else (lambda x, y: tf.py_function(work, [y], tf.float32))
+    steps = timed_steps(k, step)
     steps(iterator)  # traced, and the prefetch buffer in its steady state
     losses, stalls = [], []
     for _ in range(3):
         loss, waited, busy = (float(t) for t in steps(iterator))
         losses.append(loss)
         stalls.append(waited / busy)
-    assert losses == [2 * (5 * n + 2) for n in (1, 2, 3)]  # the mean of 2x over each call's five batches
+    assert losses == [2 * (k * n + (k - 1) / 2) for n in (1, 2, 3)]  # the mean of 2x over each call's k batches
     assert low <= sorted(stalls)[1] <= high, stalls
 
 
@@ -193,7 +238,7 @@ trainer.make_strategy = lambda *a, **k: (tf.distribute.MirroredStrategy(["/cpu:0
 summary = trainer.train(load_train_config(sys.argv[1]))
 # The input stall sees per-replica batches: with a slow input, nearly all the time is waiting.
 def slow(x):
-    time.sleep(0.03)
+    time.sleep(0.1)  # long beside the step (a constant) even on a busy machine
     return x
 data = tf.data.Dataset.range(10**6).map(lambda i: (tf.py_function(slow, [tf.cast(i, tf.float32)], tf.float32),))
 iterator = iter(trainer.make_strategy()[0].experimental_distribute_dataset(data.batch(2)))
@@ -318,16 +363,102 @@ def test_local_cluster_reads_remote_parquet_shards_through_the_cache(s3_clicks, 
 
 
 def test_user_model_by_import_path_on_a_remote_dataset(s3_clicks, s3_server, tmp_path) -> None:
+    import tensorflow as tf
+
     from shardflow.training.config import load_train_config
+    from shardflow.training.state import load_checkpoint
     from shardflow.training.trainer import train
+
+    from .helpers.tiny_model import LOGIT_LAYER, NORM_LAYER
 
     config = load_train_config(_config(tmp_path), {"data": s3_clicks, "steps": 15, "eval_every": 10,
                                                    "storage_options": s3_server.storage_options,
                                                    "model": {"function": "tests.helpers.tiny_model:linear_model"}})
     summary = train(config)
-    assert summary.strategy == "default" and summary.steps == 15
-    assert len(summary.evaluations) == 2 and 0.0 <= summary.evaluations[-1]["auc"] <= 1.0
-    assert os.path.exists(os.path.join(summary.export_path, "saved_model.pb"))
+    assert summary.strategy == "default" and summary.steps == 15 and len(summary.evaluations) == 2
+    # The export holds the user model's variables and nothing else: its two layers, by their names.
+    spec = open_dataset(s3_clicks, storage_options=s3_server.storage_options).manifest.feature_spec
+    numeric = sum(1 for name, f in spec.items() if name != "label" and f["dtype"] != "string")
+    variables = {v.name: v for v in tf.saved_model.load(summary.export_path).variables}
+    exported = {name: tuple(v.shape) for name, v in variables.items()}
+    assert exported == {f"{LOGIT_LAYER}/kernel:0": (numeric, 1), f"{LOGIT_LAYER}/bias:0": (1,),
+                        **{f"{NORM_LAYER}/{n}:0": (numeric,) for n in ("gamma", "beta", "moving_mean", "moving_variance")}}
+    # ... with the values it was trained to, as the last checkpoint holds them.
+    trained = load_checkpoint(config.resolved_checkpoint_dir(), local_dir=str(tmp_path / "restored")).model
+    kernel = variables[f"{LOGIT_LAYER}/kernel:0"].numpy()
+    assert np.array_equal(kernel, trained.get_layer(LOGIT_LAYER).kernel.numpy()) and kernel.any()
+
+
+def test_training_learns(clicks, tmp_path) -> None:
+    """The built-in model learns the synthetic clicks: measured 0.713-0.718 eval AUC after these
+    200 steps (the data's best possible is 0.80); a model that learns nothing scores about 0.5."""
+    from shardflow.training.config import load_train_config
+    from shardflow.training.trainer import train
+
+    summary = train(load_train_config(_config(tmp_path), {"data": clicks, "steps": 200, "export": False}))
+    auc = summary.evaluations[-1]["auc"]
+    assert summary.evaluations[-1]["step"] == 200 and 0.65 < auc < summary.optimum_auc, summary.evaluations
+
+
+def _losses(summary) -> dict[int, float]:
+    return {int(point["step"]): point["loss"] for point in summary.history}
+
+
+def test_a_resumed_run_reads_its_batches_from_the_saved_position(clicks, tmp_path) -> None:
+    """A run resumed at step 10 computes, step by step, the losses an uninterrupted run computed
+    there: same weights (restored) and same batches (read on from the saved position; any other
+    batch gives another loss)."""
+    from shardflow.storage.checkpoints import RECORD_DIR
+    from shardflow.training.config import load_train_config
+    from shardflow.training.trainer import train
+
+    settings = {"data": clicks, "steps": 20, "eval_split": None, "export": False, "log_every": 1,
+                "steps_per_execution": 1, "checkpoint": {"every_steps": 10, "keep": 5}}
+    whole = train(load_train_config(_config(tmp_path), {**settings, "run_dir": str(tmp_path / "whole")}))
+    # The uninterrupted run's checkpoints as they stood at step 10: as if it had stopped there.
+    shutil.copytree(tmp_path / "whole" / "checkpoints", tmp_path / "resumed" / "checkpoints")
+    os.remove(tmp_path / "resumed" / "checkpoints" / RECORD_DIR / f"c{20:012d}.json")
+    resumed = train(load_train_config(_config(tmp_path), {**settings, "run_dir": str(tmp_path / "resumed")}))
+    assert resumed.resumed_from == 10 and resumed.start_step == 10
+    first, again = _losses(whole), _losses(resumed)
+    assert sorted(first) == list(range(1, 21)) and sorted(again) == list(range(11, 21))
+    np.testing.assert_allclose([again[s] for s in range(11, 21)], [first[s] for s in range(11, 21)], rtol=1e-5)
+    latest = CheckpointStore(str(tmp_path / "resumed" / "checkpoints")).latest()
+    assert latest.step == 20 and latest.metadata["batches_consumed"] == [20]
+
+
+class _Clock:
+    """Checkpoint creation times 40 minutes apart, in commit order, for retention by age."""
+
+    def __init__(self) -> None:
+        import datetime as dt
+
+        start, ticks, lock = dt.datetime(2026, 1, 1, tzinfo=dt.UTC), itertools.count(), threading.Lock()
+
+        class Datetime(dt.datetime):
+            @classmethod
+            def now(cls, tz=None):
+                with lock:
+                    return start + dt.timedelta(minutes=40 * next(ticks))
+
+        self.module = types.SimpleNamespace(datetime=Datetime, timezone=dt.timezone, timedelta=dt.timedelta)
+
+
+def test_keep_every_hours_keeps_one_checkpoint_per_period_through_a_training_run(clicks, tmp_path, monkeypatch) -> None:
+    """keep 1 and keep_every_hours 1 with checkpoints 40 minutes apart (steps 10, 20 ... 60 at
+    0, 40 ... 200 min): the first, then each one at least an hour after the last one kept, and the latest."""
+    from shardflow.storage import checkpoints
+    from shardflow.training.config import load_train_config
+    from shardflow.training.trainer import train
+
+    monkeypatch.setattr(checkpoints, "_dt", _Clock().module)  # the clock that stamps each commit
+    train(load_train_config(_config(tmp_path), {"data": clicks, "steps": 60, "eval_split": None, "export": False,
+                                                "checkpoint": {"every_steps": 10, "keep": 1, "keep_every_hours": 1}}))
+    store = CheckpointStore(str(tmp_path / "run" / "checkpoints"))
+    kept = store.list()
+    assert [c.step for c in kept] == [10, 30, 50, 60]
+    assert [int(c.created.timestamp() - kept[0].created.timestamp()) // 60 for c in kept] == [0, 80, 160, 200]
+    assert not store.uncommitted()  # the pruned checkpoints' files went with their records
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
