@@ -14,10 +14,12 @@ import contextlib
 import hashlib
 import os
 import shutil
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 
 import fsspec
+from fsspec.implementations.memory import MemoryFileSystem
 
 from .urls import is_local
 
@@ -25,6 +27,7 @@ __all__ = ["CHECKSUM_ALGORITHM", "checksum_file", "checksum_stream", "publish_fi
            "require_exclusive_create", "require_new_dir", "staged_dir", "temp_token"]
 
 CHECKSUM_ALGORITHM = "sha256"
+_MEMORY_LOCK = threading.Lock()
 _BLOCK = 4 << 20
 
 # Where two writers racing to create one name were seen to get exactly one winner
@@ -149,8 +152,11 @@ def publish_bytes(fs: fsspec.AbstractFileSystem, dest: str, data: bytes, *, excl
                 os.unlink(tmp)
         _fsync_dir(parent)
     else:
+        # memory:// checks for the file on open and stores it on close: threads could both "create" it
+        serial = _MEMORY_LOCK if isinstance(fs, MemoryFileSystem) else contextlib.nullcontext()
         try:
-            fs.pipe_file(dest, data, mode="create" if exclusive else "overwrite")
+            with serial:
+                fs.pipe_file(dest, data, mode="create" if exclusive else "overwrite")
         except FileExistsError:
             if not (exclusive and _holds(fs, dest, data)):
                 raise
