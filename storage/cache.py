@@ -26,6 +26,7 @@ from .commit import checksum_stream, temp_token
 from .dataset import Dataset
 from .errors import ChecksumMismatchError
 from .manifest import Shard
+from .tfrecord import first_corrupt_record
 from .urls import redact_url
 
 __all__ = ["ShardCache", "CacheStats"]
@@ -47,6 +48,21 @@ class CacheStats:
 def _suffix(shard: Shard) -> str:
     name = os.path.basename(shard.path)
     return name[name.index("."):] if "." in name else ""
+
+
+def _what(shard: Shard, path: str) -> str:
+    """What is wrong with the bytes of ``shard`` fetched to ``path``: where its first bad record
+    begins, for TFRecord (its records carry CRCs; other formats name no place)."""
+    offset = first_corrupt_record(path) if shard.format == "tfrecord" else None
+    if offset is None:
+        return "corrupt shard, the bytes fetched do not match the manifest"
+    return f"corrupt record at byte {offset} of the bytes fetched"
+
+
+def _short(problem: str, shard: Shard, size: int) -> str:
+    if size < shard.bytes:
+        return f"truncated at byte {size}, the manifest says {shard.bytes} bytes"
+    return problem if size != shard.bytes else "its checksum differs from the manifest's"
 
 
 class ShardCache:
@@ -144,8 +160,9 @@ class ShardCache:
                 checksum, size = checksum_stream(read)
             problem = shard.mismatch(checksum, size)
             if problem:
-                raise ChecksumMismatchError(
-                    f"{redact_url(dataset.shard_url(shard))}: fetched bytes do not match: {problem}. The shard is corrupt.")
+                raise ChecksumMismatchError(f"{redact_url(dataset.shard_url(shard))}: {_what(shard, tmp)} "
+                                            f"({_short(problem, shard, size)}); run `shardflow data verify "
+                                            f"{redact_url(dataset.url)}` to check every shard")
             os.replace(tmp, final)
         finally:
             with contextlib.suppress(FileNotFoundError):

@@ -10,7 +10,11 @@ A checkpoint is a directory of files (whatever the trainer wrote: TensorFlow's `
    upload cut short is never "latest".
 
 Pruning removes the record first, then the files, so a reader never sees a record whose
-files are half deleted.
+files are half deleted. It also removes what uploads that died left: file directories no
+record commits (and, on S3, their unfinished multipart uploads) at steps up to the newest
+commit, which can never be committed any more. A committed checkpoint found corrupt (its
+files no longer match the sizes and checksums of its record) is set aside: its record moves
+to ``_checkpoints/corrupt/``, so it is no longer "latest" and its step can be saved again.
 """
 
 from __future__ import annotations
@@ -28,12 +32,14 @@ from typing import Any
 
 from .commit import checksum_file, checksum_stream, publish_bytes, temp_token
 from .errors import ChecksumMismatchError, ManifestError
+from .gc import abort_stale_uploads
 from .manifest import check_relative_path, record_json
 from .urls import is_local, join_url, redact_url, resolve, translate_errors
 
-__all__ = ["Checkpoint", "CheckpointStore", "RECORD_DIR"]
+__all__ = ["CORRUPT_DIR", "Checkpoint", "CheckpointStore", "RECORD_DIR"]
 
 RECORD_DIR = "_checkpoints"
+CORRUPT_DIR = f"{RECORD_DIR}/corrupt"  # records of checkpoints found corrupt, kept for people
 _RECORD = re.compile(r"^c(\d{12})\.json$")
 _FILES = re.compile(r"^ckpt-(\d{12})-[0-9a-f]{16}$")
 
@@ -292,8 +298,9 @@ class CheckpointStore:
               protect: Sequence[int] = ()) -> list[Checkpoint]:
         """Remove committed checkpoints beyond the last ``keep_last`` (plus one every
         ``keep_every_hours`` of creation time, if set, and the steps in ``protect``: a promoted
-        model's), and uncommitted file directories older than the latest commit (uploads that
-        died). Returns the checkpoints removed."""
+        model's), and uncommitted file directories (and unfinished multipart uploads) at steps up
+        to the latest commit: uploads that died, which no record can commit any more (the record
+        of a step is created once). Returns the checkpoints removed."""
         checkpoints = self.list()
         keep = {c.step for c in checkpoints[-keep_last:]} if keep_last > 0 else set()
         keep |= set(protect)
@@ -312,9 +319,33 @@ class CheckpointStore:
                 referenced = {c.directory for c in checkpoints if c.step in keep}
                 newest = checkpoints[-1].step
                 for directory, step in self._file_dirs().items():
-                    if directory not in referenced and step < newest:
+                    if directory not in referenced and step <= newest:
                         self._remove_dir(directory)
+                self._abort_leftover_uploads(referenced, newest)
         return removed
+
+    def set_aside(self, step: int) -> str:
+        """Uncommit the checkpoint of ``step`` (found corrupt): its record moves to
+        ``_checkpoints/corrupt/``, its files become leftovers for :meth:`prune`.
+
+        Returns:
+            The URL the record now has.
+        """
+        source = self._path(_record_name(step))
+        kept = f"{CORRUPT_DIR}/c{step:012d}-{temp_token()}.json"
+        with translate_errors(join_url(self.url, _record_name(step)), self.storage_options):
+            publish_bytes(self.fs, self._path(kept), self.fs.cat_file(source))  # the copy first: nothing is lost
+            self.fs.rm_file(source)
+        return join_url(self.url, kept)
+
+    def _abort_leftover_uploads(self, referenced: set[str], newest: int) -> None:
+        """Abort the unfinished multipart uploads (S3) into uncommitted file directories at steps
+        up to ``newest``: a writer killed mid-upload leaves them, invisible but stored."""
+        pending = {key.split("/", 1)[0] for key in abort_stale_uploads(self.fs, self.root, older_than=0, dry_run=True)}
+        for directory in sorted(pending - referenced):
+            match = _FILES.match(directory)
+            if match and int(match.group(1)) <= newest:
+                abort_stale_uploads(self.fs, self._path(directory), older_than=0)
 
     def _remove_dir(self, directory: str) -> None:
         path = self._path(directory)

@@ -21,7 +21,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["encode_examples", "write_tfrecords", "read_tfrecords", "TFRecordFile"]
+__all__ = ["CorruptRecordError", "encode_examples", "first_corrupt_record", "write_tfrecords", "read_tfrecords",
+           "TFRecordFile"]
 
 _LEN = 2  # protobuf wire type: length-delimited
 
@@ -182,19 +183,43 @@ def write_tfrecords(path: str, batches: Any, *, gzip_compressed: bool = False) -
     return rows
 
 
+class CorruptRecordError(ValueError):
+    """A TFRecord stream holds a record that fails its CRC or is cut short; ``offset`` is where it begins."""
+
+    def __init__(self, message: str, offset: int) -> None:
+        super().__init__(message)
+        self.offset = offset
+
+
 def read_tfrecords(stream: IO[bytes], *, gzip_compressed: bool = False, where: str = "") -> Iterator[bytes]:
-    """Records of a TFRecord stream, checking both CRCs; errors name ``where`` and the offset."""
+    """Records of a TFRecord stream, checking both CRCs.
+
+    Raises:
+        CorruptRecordError: naming ``where`` and the offset of the bad record (in the
+            uncompressed stream when ``gzip_compressed``).
+    """
     source: IO[bytes] = gzip.GzipFile(fileobj=stream, mode="rb") if gzip_compressed else stream
     offset = 0
     while header := source.read(12):
         if len(header) < 12:
-            raise ValueError(f"{where}: truncated record header at offset {offset}")
+            raise CorruptRecordError(f"{where}: truncated record header at offset {offset}", offset)
         length, crc = struct.unpack("<QI", header)
         if _masked_crc(header[:8]) != crc:
-            raise ValueError(f"{where}: corrupt record length at offset {offset}")
-        record = source.read(length)
+            raise CorruptRecordError(f"{where}: corrupt record length at offset {offset}", offset)
+        record = source.read(min(length, 1 << 31))  # a corrupt length that passed its CRC cannot ask for more
         footer = source.read(4)
         if len(record) < length or len(footer) < 4 or _masked_crc(record) != struct.unpack("<I", footer)[0]:
-            raise ValueError(f"{where}: corrupt or truncated record at offset {offset}")
+            raise CorruptRecordError(f"{where}: corrupt or truncated record at offset {offset}", offset)
         offset += 16 + length
         yield record
+
+
+def first_corrupt_record(path: str) -> int | None:
+    """Where the first bad record of the (uncompressed) TFRecord file ``path`` begins, or None."""
+    try:
+        with open(path, "rb") as f:
+            for _ in read_tfrecords(f, where=path):
+                pass
+    except CorruptRecordError as e:
+        return e.offset
+    return None

@@ -20,17 +20,17 @@ import queue
 import shutil
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from shardflow.storage import Checkpoint, CheckpointStore
-from shardflow.storage.urls import redact_url
+from shardflow.storage import Checkpoint, CheckpointStore, ChecksumMismatchError, ManifestError
+from shardflow.storage.urls import join_url, redact_url
 
 from ._tf import tf
 from .state import PREFIX, read_into
 
-__all__ = ["CheckpointWriter", "CheckpointStats", "restore"]
+__all__ = ["CheckpointWriter", "CheckpointStats", "restore", "restore_newest_intact"]
 
 log = logging.getLogger(__name__)
 
@@ -154,12 +154,73 @@ def restore(checkpoint: tf.train.Checkpoint, store: CheckpointStore, record: Che
     ``checkpoint`` holds only some of what was saved, e.g. no input positions).
 
     The files are kept in ``local_dir`` (fetched there when the store is remote) for the
-    rest of the run: variables created later (optimizer slots) restore from them then.
+    rest of the run: variables created later (optimizer slots) restore from them then. Each is
+    checked against its size and checksum in ``record`` before TensorFlow reads any.
+
+    Raises:
+        ChecksumMismatchError: a file differs from its record, naming it.
+        FileNotFoundError: a file of the record is missing.
     """
-    directory = store.download(record, os.path.join(local_dir, f"step-{record.step:012d}"))
+    directory = store.download(record, os.path.join(local_dir, f"step-{record.step:012d}"), verify=True)
     where = f"The checkpoint at step {record.step} in {redact_url(store.url)}"
     try:
         read_into(checkpoint, directory, what=where, partial=partial)
     except ValueError as e:
         raise ValueError(f"{e} Train into a new checkpoint directory, or restore the model settings it was "
                          "written with.") from e
+
+
+def restore_newest_intact(checkpoint: tf.train.Checkpoint, store: CheckpointStore, *, local_dir: str,
+                          belongs: Callable[[Checkpoint], bool] = lambda record: True,
+                          check: Callable[[Checkpoint], None] = lambda record: None) -> Checkpoint | None:
+    """Restore the newest committed checkpoint of ``store`` whose files match their record.
+
+    Every file is checked against the size and checksum in the record before anything is
+    read (:func:`restore`). A corrupt checkpoint (a file truncated, changed or missing, or the
+    record itself unreadable) is named in a warning and the one before it is tried; once one
+    restores, the corrupt newer ones are set aside (:meth:`CheckpointStore.set_aside`), so that
+    "latest" is the one restored and their steps can be saved again.
+
+    Args:
+        belongs: Whether a record is one to resume from; the search stops at the first that is
+            not (another run's checkpoint: nothing is restored).
+        check: Called with the record about to be restored; raises if it cannot be resumed.
+
+    Returns:
+        The record restored, or None when there is nothing to resume from.
+
+    Raises:
+        ChecksumMismatchError: every checkpoint there was to resume from is corrupt.
+    """
+    corrupt: list[tuple[int, str]] = []
+    for step in reversed(store.steps()):
+        try:
+            record = store.get(step)
+        except ManifestError as e:
+            problem = str(e)
+        else:
+            if not belongs(record):
+                break
+            check(record)
+            try:
+                restore(checkpoint, store, record, local_dir=local_dir)
+            except (ChecksumMismatchError, FileNotFoundError) as e:
+                problem = str(e)
+            else:
+                for bad, _ in corrupt:
+                    moved = store.set_aside(bad)
+                    log.warning("set the corrupt checkpoint at step %d aside: its record is now %s", bad,
+                                redact_url(moved))
+                return record
+        log.warning("The checkpoint at step %d in %s is corrupt, not restored: %s; trying the one before.",
+                    step, redact_url(store.url), problem)
+        corrupt.append((step, problem))
+    if corrupt:
+        steps = ", ".join(str(step) for step, _ in corrupt)
+        which = f"the one at step {steps} is" if len(corrupt) == 1 else f"those at steps {steps} are"
+        raise ChecksumMismatchError(
+            f"{redact_url(store.url)}: no intact checkpoint to resume from: {which} corrupt "
+            f"(step {corrupt[0][0]}: {corrupt[0][1]}); train into a "
+            f"new checkpoint directory, or remove {redact_url(join_url(store.url, '_checkpoints'))}/c<step>.json "
+            "to start this one over.")
+    return None

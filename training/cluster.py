@@ -10,7 +10,8 @@ outside the coordinator because a lost ps can only be recovered by new ps *and* 
 processes restoring from the last checkpoint (DESIGN.md fact 8): the coordinator then exits
 with :data:`EXIT_RESTART` and the supervisor starts them again. A worker that dies is
 restarted on its address and rejoins. Every process it started is stopped on success, on
-error, on Ctrl-C and on SIGTERM.
+error, on Ctrl-C and on SIGTERM, and ends by itself when the supervisor is killed outright
+(:mod:`shardflow.children`).
 """
 
 from __future__ import annotations
@@ -31,17 +32,23 @@ from typing import IO, Any
 
 import yaml
 
+from shardflow.children import child_env, death_signal
 from shardflow.storage import ShardflowError
 
 from .config import TrainConfig
+from .failures import take_failure
 from .strategy import ClusterSpec, server_config
 
-__all__ = ["EXIT_RESTART", "LocalCluster", "TaskFailedError", "serve", "prepare_worker"]
+__all__ = ["EXIT_RESTART", "LocalCluster", "TaskFailedError", "TrainingFailedError", "serve", "prepare_worker"]
 
 log = logging.getLogger(__name__)
 
 EXIT_RESTART = 75  # the coordinator lost a ps: restart ps and coordinator from the last checkpoint
 _READY_TIMEOUT = 300.0
+
+
+class TrainingFailedError(ShardflowError):
+    """The coordinator failed and noted why (:mod:`.failures`); the message is that one line."""
 
 
 class TaskFailedError(ShardflowError):
@@ -111,7 +118,7 @@ class LocalCluster:
 
     # -- processes -----------------------------------------------------------------------------
     def _env(self, cluster: dict[str, list[str]], job: str, index: int) -> dict[str, str]:
-        env = dict(os.environ)
+        env = child_env()
         env["TF_CONFIG"] = json.dumps({"cluster": cluster, "task": {"type": job, "index": index}})
         env["GRPC_FAIL_FAST"] = "use_caller"
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -123,7 +130,8 @@ class LocalCluster:
             task.log_file = open(os.path.join(self.log_dir, f"{task.job}-{task.index}.log"), "ab")
         task.process = subprocess.Popen(
             [sys.executable, "-m", "shardflow", "train-server", config_file], env=self._env(cluster, task.job, task.index),
-            stdout=task.log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+            stdout=task.log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            preexec_fn=death_signal(signal.SIGKILL))  # SIGKILL: a task stopped by SIGSTOP ends too
 
     def _log_tail(self, task: _Task, lines: int = 15) -> str:
         try:
@@ -215,6 +223,9 @@ class LocalCluster:
                         log.warning("A parameter server was lost; restarting ps and coordinator from the last "
                                     "checkpoint (restart %d of %d).", self.restarts, self.config.max_restarts)
                         continue
+                    reason = take_failure(self.config.run_dir) if code else None
+                    if reason:  # the coordinator said why: that is the line to end on, not its exit code
+                        raise TrainingFailedError(reason)
                     return code
             finally:
                 self.stop()
@@ -231,8 +242,10 @@ class LocalCluster:
         for task in self.tasks:
             self._start_task(task, cluster, config_file)
         self._wait_ready()
+        take_failure(self.config.run_dir)  # a reason left by an earlier attempt is not this one's
         self.coordinator = subprocess.Popen([sys.executable, "-m", "shardflow", "train", config_file],
-                                            env=self._env(cluster, "chief", 0), start_new_session=True)
+                                            env=self._env(cluster, "chief", 0), start_new_session=True,
+                                            preexec_fn=death_signal(signal.SIGKILL))
         ps_lost_at: float | None = None
         while (code := self.coordinator.poll()) is None:
             for task in self.tasks:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,19 +26,27 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from shardflow.storage import Dataset, Shard, ShardCache, open_dataset
-from shardflow.storage.commit import temp_token
+from shardflow.storage import ChecksumMismatchError, Dataset, Shard, ShardCache, open_dataset
+from shardflow.storage.commit import checksum_file, temp_token
+from shardflow.storage.tfrecord import first_corrupt_record
 from shardflow.storage.urls import is_local, redact_url
 
 from ._tf import tf
 
-__all__ = ["InputSpec", "ShardReader", "choose_format", "training_data", "worker_shards", "make_dataset", "CHUNK_ROWS"]
+__all__ = ["InputSpec", "ShardReader", "choose_format", "training_data", "worker_shards", "make_dataset", "CHUNK_ROWS",
+           "verify_hint"]
 
 log = logging.getLogger(__name__)
 
 CHUNK_ROWS = 1024  # rows per record of a columnar file
 _DTYPES = {"float32": tf.float32, "int64": tf.int64, "string": tf.string}
 _NUMPY = {"float32": np.float32, "int64": np.int64, "string": object}
+_RECORD_OFFSET = re.compile(r"(?:corrupted|truncated) record at (\d+)")  # TensorFlow's DataLossError text
+
+
+def verify_hint(dataset: Dataset) -> str:
+    """What a user runs next when a shard of ``dataset`` is corrupt."""
+    return f"run `shardflow data verify {redact_url(dataset.url)}` to check every shard"
 
 
 @dataclass(frozen=True)
@@ -140,18 +149,88 @@ class ShardReader:
             target = self.path(shard)
             if not os.path.exists(target):
                 if shard.format == "parquet" and self.local:
-                    self._write_columns(self.dataset.shard_path(shard), target, shard)
-                elif shard.format == "parquet":
+                    source = self.dataset.shard_path(shard)
+                    self._check_local(shard, source, full=True)  # a flipped bit can decode silently
+                    self._write_columns(source, target, shard)
+                elif shard.format == "parquet":  # the cache verified it on arrival
                     with self._cache().pinned(self.dataset, shard) as fetched:
                         self._write_columns(fetched, target, shard)
                 elif not self.local:
                     self._cache().fetch(self.dataset, shard)
                 else:
                     raise FileNotFoundError(f"{self.dataset.shard_url(shard)}: listed in the manifest but missing.")
+            elif self.local and shard.format != "parquet":
+                self._check_local(shard, target, full=False)  # read in place: bit flips surface in tf.data
             paths.append(target)
             if on_shard:
                 on_shard(shard)
         return paths
+
+    def _check_local(self, shard: Shard, path: str, *, full: bool) -> None:
+        """Compare a local shard with its manifest entry: its size, and its checksum when ``full``.
+
+        Raises:
+            ChecksumMismatchError: naming the shard and what to run next.
+        """
+        size = os.path.getsize(path)
+        problem = _size_problem(shard, size) or (_checksum_problem(shard, checksum_file(path)) if full else None)
+        if problem:
+            raise ChecksumMismatchError(f"{redact_url(self.dataset.shard_url(shard))}: corrupt shard ({problem}); "
+                                        f"{verify_hint(self.dataset)}")
+
+    def corrupt_shard_error(self, shards: Sequence[Shard], error: BaseException) -> ChecksumMismatchError:
+        """The one-line error for a ``DataLossError`` that tf.data raised reading ``shards``.
+
+        TensorFlow names the offset of the bad record, not the file (tensorflow#37751), and under
+        ParameterServerStrategy the read ran on some worker. So the files read are checked here,
+        only now that one failed: first those whose size is wrong, then by checksum against the
+        manifest. A corrupt copy that this host made (a cache entry, a decoded Parquet file) is
+        removed, so that a rerun fetches or decodes it again.
+        """
+        match = _RECORD_OFFSET.search(str(error))
+        offset = int(match.group(1)) if match else None
+        at = f" at byte {offset}" if offset is not None else ""
+        for shard in self._suspects(shards, offset):
+            problem = self._problem(shard)
+            if problem:
+                return ChecksumMismatchError(f"{redact_url(self.dataset.shard_url(shard))}: corrupt "
+                                             f"record{at} ({problem}); {verify_hint(self.dataset)}")
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        return ChecksumMismatchError(f"{redact_url(self.dataset.url)}: TensorFlow found a corrupt record{at} "
+                                     f"({first.strip()}) but every shard read matches its manifest entry; "
+                                     f"{verify_hint(self.dataset)}")
+
+    def _suspects(self, shards: Sequence[Shard], offset: int | None) -> list[Shard]:
+        """``shards`` that can hold a bad record at ``offset``, those of the wrong size first."""
+        def size(shard: Shard) -> int | None:
+            try:
+                return os.path.getsize(self.path(shard))
+            except OSError:
+                return None  # not on this host (a worker elsewhere read it): checked where it is stored
+
+        sized = [(shard, size(shard)) for shard in {s.path: s for s in shards}.values()]
+        possible = [(s, n) for s, n in sized if n is None or offset is None or n > offset]
+        return [s for s, n in sorted(possible, key=lambda e: e[0].format == "parquet" or e[1] == e[0].bytes)]
+
+    def _problem(self, shard: Shard) -> str | None:
+        """What is wrong with the copy of ``shard`` that tf.data read, or None."""
+        path = self.path(shard)
+        if not os.path.exists(path):
+            found = self.dataset.check_shard(shard)
+            return found.problem if found else None
+        if shard.format == "parquet":  # a decoded copy, made here from a verified shard
+            offset = first_corrupt_record(path)
+            if offset is None:
+                return None
+            os.unlink(path)
+            return (f"its decoded copy {path} was corrupt at byte {offset}; removed, a rerun decodes the shard "
+                    "again")
+        checksum, size = checksum_file(path)
+        problem = _size_problem(shard, size) or _checksum_problem(shard, (checksum, size))
+        if problem and not self.local and self.dataset.check_shard(shard) is None:
+            os.unlink(path)
+            return f"its cached copy {path} was corrupt ({problem}); removed, a rerun fetches the shard again"
+        return problem
 
     def _write_columns(self, parquet_path: str, target: str, shard: Shard) -> None:
         """Decode a Parquet shard into a columnar TFRecord file (nulls read as ``InputSpec.default``)."""
@@ -175,7 +254,21 @@ class ShardReader:
         except Exception as e:
             if os.path.exists(tmp):
                 os.unlink(tmp)
-            raise ValueError(f"{self.dataset.shard_url(shard)}: cannot decode Parquet shard: {e}") from e
+            raise ValueError(f"{redact_url(self.dataset.shard_url(shard))}: cannot decode Parquet shard: "
+                             f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}; "
+                             f"{verify_hint(self.dataset)}") from e
+
+
+def _size_problem(shard: Shard, size: int) -> str | None:
+    if size == shard.bytes:
+        return None
+    if size < shard.bytes:
+        return f"truncated at byte {size}, the manifest says {shard.bytes} bytes"
+    return f"{size} bytes, the manifest says {shard.bytes}"
+
+
+def _checksum_problem(shard: Shard, found: tuple[str, int]) -> str | None:
+    return None if found[0] == shard.checksum else "its checksum differs from the manifest's"
 
 
 def make_dataset(paths: Sequence[str], fmt: str, spec: InputSpec, *, batch_size: int, shuffle_buffer: int = 0,

@@ -25,13 +25,14 @@ from typing import Any
 import numpy as np
 import yaml
 
-from shardflow.storage import CheckpointStore, open_dataset
+from shardflow.storage import CheckpointStore, ShardflowError, open_dataset
 from shardflow.storage.urls import redact_url, scrub
 
 from ._tf import quiet_python_warnings, tf
-from .checkpointing import CheckpointStats, CheckpointWriter, restore
+from .checkpointing import CheckpointStats, CheckpointWriter, restore, restore_newest_intact
 from .config import TrainConfig
 from .evaluation import evaluate_model, predict_logits, split_data
+from .failures import record_failure
 from .export import export_saved_model
 from .inputs import InputSpec, ShardReader, choose_format, make_dataset, training_data, worker_shards
 from .report import plot_curves
@@ -98,6 +99,15 @@ def save_run_config(config: TrainConfig) -> str:
     return path
 
 
+class _ClosureDataLoss(logging.Filter):
+    """ClusterCoordinator logs a failed closure's error, graph trace and gRPC text included, before
+    raising it here; a DataLossError is raised as one line naming the shard instead, so its log
+    record is left out."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "when processing closure: DataLossError" not in record.getMessage()
+
+
 def train(config: TrainConfig, *, cluster: ClusterSpec | None = None, progress: Progress | None = None) -> TrainSummary:
     """Train on ``config.data`` until ``config.steps`` (or the epochs) are done, resuming from the
     latest committed checkpoint in ``config.checkpoint_dir``; evaluate, export, report.
@@ -105,7 +115,23 @@ def train(config: TrainConfig, *, cluster: ClusterSpec | None = None, progress: 
     Args:
         cluster: The cluster this process coordinates (it must be its ``chief``), or None.
         progress: ``progress(event, **values)`` with events ``start``, ``step``, ``eval``, ``checkpoint``.
+
+    Raises:
+        ChecksumMismatchError: a shard read is corrupt, naming it (and the offset, for TFRecord).
     """
+    quiet = _ClosureDataLoss()
+    tf.get_logger().addFilter(quiet)
+    try:
+        return _train(config, cluster=cluster, progress=progress)
+    except (ShardflowError, OSError, ValueError) as e:
+        if cluster is not None:  # the supervisor of a local cluster shows it as the last line
+            record_failure(config.run_dir, str(e))
+        raise
+    finally:
+        tf.get_logger().removeFilter(quiet)
+
+
+def _train(config: TrainConfig, *, cluster: ClusterSpec | None, progress: Progress | None) -> TrainSummary:
     report = progress or (lambda event, **values: None)
     quiet_python_warnings(log)
     dataset = training_data(config)
@@ -278,11 +304,13 @@ def train(config: TrainConfig, *, cluster: ClusterSpec | None = None, progress: 
             blocked = uploader.save(summary.steps, state(summary.steps))
             report("checkpoint", step=summary.steps, blocked=blocked)
         uploader.wait()
-    except BaseException:
+    except BaseException as e:
         try:
             uploader.close()
         except Exception as upload_error:  # the error already on its way out is the one to report
             log.warning("saving checkpoints failed too: %s", upload_error)
+        if isinstance(e, tf.errors.DataLossError):  # it names an offset, not the file: find the file
+            raise reader.corrupt_shard_error(train_shards + _eval_shards(config, dataset), e) from e
         raise
     else:
         uploader.close()
@@ -301,21 +329,28 @@ def train(config: TrainConfig, *, cluster: ClusterSpec | None = None, progress: 
 
 def _resume(state: TrainState, store: CheckpointStore, config: TrainConfig, *, workers: int,
             local_dir: str) -> tuple[Any, int]:
-    """Restore where this run stands: its own latest committed checkpoint in ``store`` (all of
-    it, input positions too); else, for a new run, the ``warm_start`` checkpoint's model and
-    optimizer, or nothing.
+    """Restore where this run stands: its own latest intact committed checkpoint in ``store``
+    (all of it, input positions too; a corrupt newer one is skipped with a warning and set
+    aside); else, for a new run, the ``warm_start`` checkpoint's model and optimizer, or nothing.
 
     Returns:
         The record of the checkpoint resumed (None for a new run), and the step this run began
         at (0 for an unnamed run: its steps are absolute).
     """
-    latest, name = store.latest(), config.run_name
-    if latest is not None and (name is None or (latest.metadata.get("run") or {}).get("name") == name):
-        if latest.metadata.get("workers", workers) != workers:  # input positions are per worker
-            raise ValueError(f"The checkpoint at step {latest.step} in {redact_url(store.url)} was written by "
-                             f"{latest.metadata.get('workers')} workers; resume with the same number (got {workers}).")
-        restore(state.checkpoint, store, latest, local_dir=local_dir)
-        return latest, int(latest.metadata["run"]["began_at"]) if name else 0
+    name = config.run_name
+
+    def ours(record: Any) -> bool:
+        return name is None or (record.metadata.get("run") or {}).get("name") == name
+
+    def same_workers(record: Any) -> None:
+        if record.metadata.get("workers", workers) != workers:  # input positions are per worker
+            raise ValueError(f"The checkpoint at step {record.step} in {redact_url(store.url)} was written by "
+                             f"{record.metadata.get('workers')} workers; resume with the same number (got {workers}).")
+
+    resumed = restore_newest_intact(state.checkpoint, store, local_dir=local_dir, belongs=ours, check=same_workers)
+    if resumed is not None:
+        return resumed, int(resumed.metadata["run"]["began_at"]) if name else 0
+    latest = store.latest()  # another run's, if any
     warm = config.warm_start
     if warm is not None:
         source = CheckpointStore(warm.checkpoint_dir or store.url, storage_options=config.storage_options)
@@ -400,6 +435,14 @@ def _recorded_settings(config: TrainConfig, dataset: Any, spec: InputSpec, *, wo
     return {"workers": workers, "ps": ps, "sharded": sharded, "variables": layout,
             "dataset": {"url": data, "version": dataset.manifest.version},
             "train_config": settings, "input_spec": {"feature_spec": dict(spec.feature_spec), "label": spec.label}}
+
+
+def _eval_shards(config: TrainConfig, dataset: Any) -> list[Any]:
+    """The shards evaluation reads (in the format it reads), for finding a corrupt one."""
+    if not config.eval_split or config.eval_split not in dataset.manifest.splits():
+        return []
+    fmt = choose_format(dataset, config.eval_split, config.format)
+    return [s for s in dataset.shards(config.eval_split) if s.format.startswith(fmt)]
 
 
 def _eval_data(config: TrainConfig, dataset: Any, spec: InputSpec, reader: ShardReader) -> tf.data.Dataset | None:
