@@ -4,6 +4,7 @@ overrides on top, and validation errors that name the field and the value receiv
 from __future__ import annotations
 
 import importlib
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -33,7 +34,7 @@ def _friendly(error: ValidationError, source: str) -> ValueError:
 
 
 def load_model(model: type[Model], path: str | None, overrides: dict[str, Any] | None, *, what: str) -> Model:
-    """Read ``path`` (YAML) if given, apply ``overrides`` (flags; None values ignored), validate.
+    """Read ``path`` (YAML; ``-`` for stdin) if given, apply ``overrides`` (flags; None values ignored), validate.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
@@ -42,7 +43,7 @@ def load_model(model: type[Model], path: str | None, overrides: dict[str, Any] |
     data: dict[str, Any] = {}
     if path:
         try:
-            loaded = yaml.safe_load(Path(path).read_text())
+            loaded = yaml.safe_load(sys.stdin.read() if path == "-" else Path(path).read_text())
         except yaml.YAMLError as e:
             raise ValueError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
         if loaded is not None and not isinstance(loaded, dict):

@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .commit import checksum_file, checksum_stream, publish_bytes, temp_token
+from .commit import checksum_file, checksum_stream, publish_bytes, require_exclusive_create, temp_token
 from .errors import ChecksumMismatchError, ManifestError
 from .gc import abort_stale_uploads
 from .manifest import check_relative_path, record_json
@@ -262,6 +262,7 @@ class CheckpointStore:
         Raises:
             FileExistsError: a checkpoint of ``step`` is already committed.
         """
+        require_exclusive_create(self.fs, redact_url(self.url))  # before uploading, not at the record
         directory = f"ckpt-{step:012d}-{temp_token()}"
         relative = sorted(os.path.relpath(os.path.join(d, f), local_dir).replace(os.sep, "/")
                           for d, _, files in os.walk(local_dir) for f in files)
@@ -291,7 +292,11 @@ class CheckpointStore:
                                 created_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds"),
                                 metadata=dict(metadata or {}))
         with translate_errors(self.url, self.storage_options):
-            publish_bytes(self.fs, self._path(_record_name(step)), checkpoint.to_json().encode(), exclusive=True)
+            try:
+                publish_bytes(self.fs, self._path(_record_name(step)), checkpoint.to_json().encode(), exclusive=True)
+            except FileExistsError:
+                raise FileExistsError(f"{redact_url(self.url)}: a checkpoint of step {step} is already committed "
+                                      f"({_record_name(step)}), by another writer; this one was not.") from None
         return checkpoint
 
     def prune(self, *, keep_last: int, keep_every_hours: float | None = None,

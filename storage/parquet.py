@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 
 from .dataset import Dataset, DatasetWriter
 from .manifest import Shard
+from .urls import translate_errors
 
 __all__ = ["write_parquet_shards", "read_parquet", "iter_parquet_batches"]
 
@@ -58,24 +59,25 @@ def write_parquet_shards(
         current, rows = None, 0
 
     try:
-        for number, batch in enumerate(batches):
-            schema = schema or batch.schema
-            if not batch.schema.equals(schema):
-                diff = sorted({f"{f.name}: {f.type}" for f in batch.schema} ^ {f"{f.name}: {f.type}" for f in schema})
-                raise ValueError(f"Record batch {number} does not match the dataset schema; differing columns: {diff}")
-            offset = 0
-            while offset < batch.num_rows:
-                if current is None:
-                    path = writer.staging_path(".parquet")
-                    current = pq.ParquetWriter(path, batch.schema, compression=compression,
-                                               use_dictionary=use_dictionary, write_statistics=write_statistics)
-                take = min(batch.num_rows - offset, rows_per_shard - rows)
-                current.write_batch(batch.slice(offset, take), row_group_size=row_group_size)
-                offset += take
-                rows += take
-                if rows >= rows_per_shard:
-                    finish()
-        finish()
+        with translate_errors(writer.url, writer.storage_options):  # a full disk: the error names the dataset
+            for number, batch in enumerate(batches):
+                schema = schema or batch.schema
+                if not batch.schema.equals(schema):
+                    diff = sorted({f"{f.name}: {f.type}" for f in batch.schema} ^ {f"{f.name}: {f.type}" for f in schema})
+                    raise ValueError(f"Record batch {number} does not match the dataset schema; differing columns: {diff}")
+                offset = 0
+                while offset < batch.num_rows:
+                    if current is None:
+                        path = writer.staging_path(".parquet")
+                        current = pq.ParquetWriter(path, batch.schema, compression=compression,
+                                                   use_dictionary=use_dictionary, write_statistics=write_statistics)
+                    take = min(batch.num_rows - offset, rows_per_shard - rows)
+                    current.write_batch(batch.slice(offset, take), row_group_size=row_group_size)
+                    offset += take
+                    rows += take
+                    if rows >= rows_per_shard:
+                        finish()
+            finish()
     finally:
         if current is not None:
             current.close()

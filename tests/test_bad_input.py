@@ -193,8 +193,6 @@ def test_disk_full_fails_in_one_line_and_keeps_the_previous_version(engine: str,
     assert unreferenced == set()  # no partial shard left beside the committed ones
 
 
-@pytest.mark.xfail(strict=True, reason="storage's Parquet shard writer does not name the file it failed to write "
-                                       "(storage/parquet.py: wrap the write in translate_errors)")
 def test_disk_full_during_synth_names_the_path(tmp_path) -> None:
     synth = _run_with_file_size_limit(20_000, "data", "synth", "--rows", "3000", "--output", str(tmp_path / "new"))
     with pytest.raises(FileNotFoundError):

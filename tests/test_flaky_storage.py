@@ -358,7 +358,7 @@ CREATES = [
     Create("dataset commit", "_manifests/v00000001.json", _commit_dataset, _check_dataset, FileExistsError,
            "another writer committed version 1"),
     Create("checkpoint record", "_checkpoints/c000000000010.json", _publish_checkpoint, _check_checkpoint,
-           FileExistsError, None),  # its message is S3's own ("At least one of the pre-conditions ...")
+           FileExistsError, "a checkpoint of step 10 is already committed"),
     Create("lease", "l00000001.json", _take_lease, _check_lease, LeaseHeldError, "another process took the lease"),
     Create("promotion record", "p00000001.json", _append_record, _check_record, FileExistsError,
            "another writer created record 1"),

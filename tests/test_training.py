@@ -537,7 +537,7 @@ def test_a_lost_ps_is_replaced_and_training_resumes_from_the_last_checkpoint(cli
     assert len(lost) == 1
     os.kill(lost[0], signal.SIGKILL)
     assert proc.wait(timeout=600) == 0, err.read_text()[-3000:]
-    assert "A parameter server was lost; restarting ps and coordinator" in err.read_text()
+    assert "A parameter server was lost; restarting every task from the last checkpoint" in err.read_text()
     assert "(resumed from " in out.read_text() and "→ 400" in out.read_text()
     assert CheckpointStore(str(tmp_path / "run" / "checkpoints")).latest().step == 400
     assert not _cluster_processes(), "processes left behind"

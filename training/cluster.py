@@ -24,7 +24,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -36,8 +35,9 @@ from shardflow.children import child_env, death_signal
 from shardflow.storage import ShardflowError
 
 from .config import TrainConfig
-from .failures import take_failure
+from .failures import SUPERVISED_ENV, take_failure
 from .strategy import ClusterSpec, server_config
+from .watchdog import take_stall
 
 __all__ = ["EXIT_RESTART", "LocalCluster", "TaskFailedError", "TrainingFailedError", "serve", "prepare_worker"]
 
@@ -115,6 +115,7 @@ class LocalCluster:
         self.tasks: list[_Task] = []
         self.coordinator: subprocess.Popen[bytes] | None = None
         self.restarts = 0
+        self._config_yaml = b""  # what every task reads on its stdin (run)
 
     # -- processes -----------------------------------------------------------------------------
     def _env(self, cluster: dict[str, list[str]], job: str, index: int) -> dict[str, str]:
@@ -122,16 +123,28 @@ class LocalCluster:
         env["TF_CONFIG"] = json.dumps({"cluster": cluster, "task": {"type": job, "index": index}})
         env["GRPC_FAIL_FAST"] = "use_caller"
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        if job == "chief":
+            env[SUPERVISED_ENV] = "1"
         return env
 
-    def _start_task(self, task: _Task, cluster: dict[str, list[str]], config_file: str) -> None:
+    def _spawn(self, command: str, env: dict[str, str], **streams: Any) -> subprocess.Popen[bytes]:
+        """``python -m shardflow COMMAND -``, its config (secrets included) written to its stdin:
+        never to a file, which a killed supervisor would leave behind."""
+        process = subprocess.Popen([sys.executable, "-m", "shardflow", command, "-"], env=env, stdin=subprocess.PIPE,
+                                   start_new_session=True, preexec_fn=death_signal(signal.SIGKILL), **streams)
+        assert process.stdin is not None
+        with contextlib.suppress(BrokenPipeError):  # it died at once: polling sees its exit code
+            process.stdin.write(self._config_yaml)
+        with contextlib.suppress(BrokenPipeError):
+            process.stdin.close()
+        return process  # SIGKILL as its parent-death signal: one stopped by SIGSTOP ends too
+
+    def _start_task(self, task: _Task, cluster: dict[str, list[str]]) -> None:
         os.makedirs(self.log_dir, exist_ok=True)
         if task.log_file is None:
             task.log_file = open(os.path.join(self.log_dir, f"{task.job}-{task.index}.log"), "ab")
-        task.process = subprocess.Popen(
-            [sys.executable, "-m", "shardflow", "train-server", config_file], env=self._env(cluster, task.job, task.index),
-            stdout=task.log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-            preexec_fn=death_signal(signal.SIGKILL))  # SIGKILL: a task stopped by SIGSTOP ends too
+        task.process = self._spawn("train-server", self._env(cluster, task.job, task.index),
+                                   stdout=task.log_file, stderr=subprocess.STDOUT)
 
     def _log_tail(self, task: _Task, lines: int = 15) -> str:
         try:
@@ -210,18 +223,19 @@ class LocalCluster:
     # -- supervision ---------------------------------------------------------------------------
     def run(self) -> int:
         """Run the job to the end; returns the coordinator's exit code (0: success)."""
-        private = tempfile.mkdtemp(prefix="shardflow-cluster-")
-        config_file = os.path.join(private, "config.yaml")  # holds storage secrets: readable by us only
-        with open(os.open(config_file, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
-            yaml.safe_dump({**self.config.model_dump(mode="json"), "cluster": "tf-config"}, f)
+        self._config_yaml = yaml.safe_dump({**self.config.model_dump(mode="json"), "cluster": "tf-config"}).encode()
         with self._signals():  # held through the cleanup, so a second signal cannot cut it short
             try:
                 while True:
-                    code = self._attempt(config_file)
-                    if code == EXIT_RESTART and self.restarts < self.config.max_restarts:
+                    code = self._attempt()
+                    stalled = take_stall(self.config.run_dir, self.restarts + 1) if code else None
+                    if (code == EXIT_RESTART or stalled) and self.restarts < self.config.max_restarts:
                         self.restarts += 1
-                        log.warning("A parameter server was lost; restarting ps and coordinator from the last "
-                                    "checkpoint (restart %d of %d).", self.restarts, self.config.max_restarts)
+                        why = (f"Training stalled: a call into the cluster blocked for {self.config.stall_seconds:g} s "
+                               f"(a task hung: stopped, deadlocked or unreachable; tracebacks in {stalled})"
+                               if stalled else "A parameter server was lost")
+                        log.warning("%s; restarting every task from the last checkpoint (restart %d of %d).",
+                                    why, self.restarts, self.config.max_restarts)
                         continue
                     reason = take_failure(self.config.run_dir) if code else None
                     if reason:  # the coordinator said why: that is the line to end on, not its exit code
@@ -229,23 +243,19 @@ class LocalCluster:
                     return code
             finally:
                 self.stop()
-                with contextlib.suppress(OSError):
-                    os.unlink(config_file)
-                    os.rmdir(private)
 
-    def _attempt(self, config_file: str) -> int:
+    def _attempt(self) -> int:
         self.stop()
         jobs = {"ps": self.config.ps, "worker": self.config.workers}
         self.tasks = [_Task(job, i, f"127.0.0.1:{_free_port()}") for job, n in jobs.items() for i in range(n)]
         chief = f"127.0.0.1:{_free_port()}"
         cluster = {"chief": [chief], **{job: [t.address for t in self.tasks if t.job == job] for job in jobs}}
         for task in self.tasks:
-            self._start_task(task, cluster, config_file)
+            self._start_task(task, cluster)
         self._wait_ready()
         take_failure(self.config.run_dir)  # a reason left by an earlier attempt is not this one's
-        self.coordinator = subprocess.Popen([sys.executable, "-m", "shardflow", "train", config_file],
-                                            env=self._env(cluster, "chief", 0), start_new_session=True,
-                                            preexec_fn=death_signal(signal.SIGKILL))
+        take_stall(self.config.run_dir, 0)
+        self.coordinator = self._spawn("train", self._env(cluster, "chief", 0))
         ps_lost_at: float | None = None
         while (code := self.coordinator.poll()) is None:
             for task in self.tasks:
@@ -254,7 +264,7 @@ class LocalCluster:
                     continue
                 if task.job == "worker":  # rejoins on the same address; its steps are retried meanwhile
                     log.warning("worker %d exited with code %s; restarting it.", task.index, task.process.returncode)
-                    self._start_task(task, cluster, config_file)
+                    self._start_task(task, cluster)
                 elif ps_lost_at is None:
                     log.warning("ps %d exited with code %s.", task.index, task.process.returncode)
                     ps_lost_at = time.monotonic()

@@ -77,7 +77,9 @@ class TrainConfig(StrictModel):
     workers: int = Field(2, gt=0)
     ps: int = Field(1, ge=0)
     strategy: Literal["auto", "parameter_server", "tpu", "mirrored", "default"] = "auto"
-    max_restarts: int = Field(3, ge=0, description="restarts from the last checkpoint after a lost ps")
+    max_restarts: int = Field(3, ge=0, description="restarts from the last checkpoint after a lost ps or a stall")
+    # A hung task (stopped, deadlocked) stalls every step; TensorFlow waits on it forever (training/watchdog.py).
+    stall_seconds: float | None = Field(600.0, gt=0, description="no progress this long ends the coordinator")
     cache_dir: str | None = None  # local shard cache for remote datasets; default: <run_dir>/cache
     cache_bytes: int = Field(20 << 30, gt=0)
     storage_options: dict[str, Any] = {}

@@ -13,7 +13,14 @@ import os
 
 from shardflow.storage.urls import redact_text
 
-__all__ = ["failure_path", "record_failure", "take_failure"]
+__all__ = ["SUPERVISED_ENV", "failure_path", "record_failure", "supervised", "take_failure"]
+
+SUPERVISED_ENV = "SHARDFLOW_SUPERVISED"  # set for a local cluster's coordinator: its supervisor shows failures
+
+
+def supervised() -> bool:
+    """True in a coordinator whose supervisor prints its failure (so the coordinator itself need not)."""
+    return os.environ.get(SUPERVISED_ENV) == "1"
 
 
 def failure_path(run_dir: str) -> str:

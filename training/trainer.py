@@ -32,12 +32,13 @@ from ._tf import quiet_python_warnings, tf
 from .checkpointing import CheckpointStats, CheckpointWriter, restore, restore_newest_intact
 from .config import TrainConfig
 from .evaluation import evaluate_model, predict_logits, split_data
-from .failures import record_failure
 from .export import export_saved_model
+from .failures import record_failure, supervised
 from .inputs import InputSpec, ShardReader, choose_format, make_dataset, training_data, worker_shards
 from .report import plot_curves
 from .state import TrainState, build_state, checkpoint_layout, plain_copy
 from .strategy import ClusterSpec, make_strategy
+from .watchdog import StallWatchdog
 
 __all__ = ["LOST_CLUSTER", "TrainSummary", "timed_steps", "train", "synth_optimum"]
 
@@ -124,7 +125,7 @@ def train(config: TrainConfig, *, cluster: ClusterSpec | None = None, progress: 
     try:
         return _train(config, cluster=cluster, progress=progress)
     except (ShardflowError, OSError, ValueError) as e:
-        if cluster is not None:  # the supervisor of a local cluster shows it as the last line
+        if supervised():  # the supervisor of a local cluster shows it as the last line
             record_failure(config.run_dir, str(e))
         raise
     finally:
@@ -178,6 +179,8 @@ def _train(config: TrainConfig, *, cluster: ClusterSpec | None, progress: Progre
         return ds.map(lambda features, label: (features, label, tf.constant(worker, tf.int32)))
 
     iterator, dispatch, join, fetch = _dispatcher(strategy, ps_mode, workers, worker_dataset)
+    watchdog = StallWatchdog(config.stall_seconds if ps_mode and cluster else None, config.run_dir)
+    dispatch, join, fetch = (watchdog.timed(f) for f in (dispatch, join, fetch))
     global_batch = config.batch_size * strategy.num_replicas_in_sync
 
     def replica_step(features: dict[str, tf.Tensor], labels: tf.Tensor) -> tf.Tensor:
@@ -256,66 +259,67 @@ def _train(config: TrainConfig, *, cluster: ClusterSpec | None, progress: Progre
     def crossed(every: int | None, before: int) -> bool:
         return bool(every) and step // every > before // every and step < total_steps
 
-    try:
-        while step < total_steps:
-            k = min(config.steps_per_execution, total_steps - step)
-            pending.append((k, dispatch(train_steps(k), iterator)))
-            before, step = step, step + k
-            if crossed(config.log_every, before) or step == total_steps:
-                values = [(k, fetch(v)) for k, v in pending]
-                pending.clear()
-                now = training_clock()
-                wait = sum(float(v[1]) for _, v in values)
-                busy = sum(float(v[2]) for _, v in values)
-                waits, totals = waits + wait, totals + busy
-                point = {"step": float(step), "loss": float(np.average([v[0] for _, v in values],
-                                                                       weights=[k for k, _ in values])),
-                         "examples_per_s": (step - logged_step) * global_batch / max(now - last_log, 1e-9),
-                         "input_stall": wait / busy if busy else 0.0}
-                summary.history.append(point)
-                with writer_tb.as_default(step=step):
-                    for name in ("loss", "examples_per_s", "input_stall"):
-                        tf.summary.scalar(f"train/{name}", point[name])
-                report("step", **point, total_steps=total_steps)
-                last_log, logged_step = now, step
-                warm = warm or (now, step)
-            due_time = config.checkpoint.every_seconds and \
-                time.perf_counter() - last_checkpoint >= config.checkpoint.every_seconds and step < total_steps
-            if crossed(config.eval_every, before) and eval_data is not None:  # first: its metrics go in the record
-                join()
-                evaluating = time.perf_counter()
-                evaluate(step)
-                paused += time.perf_counter() - evaluating
-            if crossed(config.checkpoint.every_steps, before) or due_time:
-                join()  # a consistent state: no step half applied
-                blocked = uploader.save(step, state(step))
-                paused += blocked
-                last_checkpoint = time.perf_counter()
-                report("checkpoint", step=step, blocked=blocked)
-        join()
-        since, first = warm if warm is not None and warm[1] < step else (loop_started, start_step)
-        summary.seconds = training_clock() - since
-        summary.steps = int(optimizer.iterations.numpy())
-        summary.examples = (step - first) * global_batch
-        summary.input_stall = waits / totals if totals else 0.0
-        if eval_data is not None:
-            evaluate(summary.steps)
-        if step > start_step or restored is None:
-            blocked = uploader.save(summary.steps, state(summary.steps))
-            report("checkpoint", step=summary.steps, blocked=blocked)
-        uploader.wait()
-    except BaseException as e:
+    with watchdog:  # a hung task blocks a call into the cluster for good
         try:
+            while step < total_steps:
+                k = min(config.steps_per_execution, total_steps - step)
+                pending.append((k, dispatch(train_steps(k), iterator)))
+                before, step = step, step + k
+                if crossed(config.log_every, before) or step == total_steps:
+                    values = [(k, fetch(v)) for k, v in pending]
+                    pending.clear()
+                    now = training_clock()
+                    wait = sum(float(v[1]) for _, v in values)
+                    busy = sum(float(v[2]) for _, v in values)
+                    waits, totals = waits + wait, totals + busy
+                    point = {"step": float(step), "loss": float(np.average([v[0] for _, v in values],
+                                                                           weights=[k for k, _ in values])),
+                             "examples_per_s": (step - logged_step) * global_batch / max(now - last_log, 1e-9),
+                             "input_stall": wait / busy if busy else 0.0}
+                    summary.history.append(point)
+                    with writer_tb.as_default(step=step):
+                        for name in ("loss", "examples_per_s", "input_stall"):
+                            tf.summary.scalar(f"train/{name}", point[name])
+                    report("step", **point, total_steps=total_steps)
+                    last_log, logged_step = now, step
+                    warm = warm or (now, step)
+                due_time = config.checkpoint.every_seconds and \
+                    time.perf_counter() - last_checkpoint >= config.checkpoint.every_seconds and step < total_steps
+                if crossed(config.eval_every, before) and eval_data is not None:  # first: its metrics go in the record
+                    join()
+                    evaluating = time.perf_counter()
+                    evaluate(step)
+                    paused += time.perf_counter() - evaluating
+                if crossed(config.checkpoint.every_steps, before) or due_time:
+                    join()  # a consistent state: no step half applied
+                    blocked = uploader.save(step, state(step))
+                    paused += blocked
+                    last_checkpoint = time.perf_counter()
+                    report("checkpoint", step=step, blocked=blocked)
+            join()
+            since, first = warm if warm is not None and warm[1] < step else (loop_started, start_step)
+            summary.seconds = training_clock() - since
+            summary.steps = int(optimizer.iterations.numpy())
+            summary.examples = (step - first) * global_batch
+            summary.input_stall = waits / totals if totals else 0.0
+            if eval_data is not None:
+                evaluate(summary.steps)
+            if step > start_step or restored is None:
+                blocked = uploader.save(summary.steps, state(summary.steps))
+                report("checkpoint", step=summary.steps, blocked=blocked)
+            uploader.wait()
+        except BaseException as e:
+            try:
+                uploader.close()
+            except Exception as upload_error:  # the error already on its way out is the one to report
+                log.warning("saving checkpoints failed too: %s", upload_error)
+            if isinstance(e, tf.errors.DataLossError):  # it names an offset, not the file: find the file
+                raise reader.corrupt_shard_error(train_shards + _eval_shards(config, dataset), e) from e
+            raise
+        else:
             uploader.close()
-        except Exception as upload_error:  # the error already on its way out is the one to report
-            log.warning("saving checkpoints failed too: %s", upload_error)
-        if isinstance(e, tf.errors.DataLossError):  # it names an offset, not the file: find the file
-            raise reader.corrupt_shard_error(train_shards + _eval_shards(config, dataset), e) from e
-        raise
-    else:
-        uploader.close()
-    finally:
-        writer_tb.flush()
+        finally:
+            writer_tb.flush()
     summary.checkpoints = uploader.stats
     if config.export:
         summary.export_path = export_saved_model(plain_copy(model, spec, config), spec, config.resolved_export_dir(),

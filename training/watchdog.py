@@ -1,63 +1,80 @@
-"""A coordinator that stops making progress ends, rather than waiting forever.
+"""A coordinator whose cluster stops answering ends, rather than waiting forever.
 
 TensorFlow's ClusterCoordinator retries a step whose worker *failed* (its connection broke) on
 another worker. A worker that *hangs* (stopped by SIGSTOP, deadlocked, behind a partition that
 leaves its TCP connection open) keeps its step forever, and every ``join()`` and ``fetch()``
 waits with it: on this machine a local cluster whose worker 0 of 2 was stopped froze at its next
-checkpoint for good. So the training loop beats this watchdog whenever it gets past a step,
-an evaluation or a checkpoint; after ``seconds`` without a beat it logs one line and ends the
-coordinator with :data:`EXIT_STALLED`. The local cluster's supervisor then restarts every task
-from the last committed checkpoint (as for a lost ps); under an orchestrator (Kubernetes, Vertex
-AI) the coordinator's restart policy does.
+checkpoint for good, one thread blocked inside TensorFlow *holding the GIL*, so no Python thread
+could even notice. So each call the training loop makes into the cluster (schedule, fetch, join)
+arms :func:`faulthandler.dump_traceback_later`, a timer in a C thread that needs no GIL: a call
+blocked for ``seconds`` writes every thread's traceback to :func:`stall_path` and ends the
+coordinator. The local cluster's supervisor finds that file (:func:`take_stall`) and restarts
+every task from the last committed checkpoint, as for a lost ps; under an orchestrator
+(Kubernetes, Vertex AI) the coordinator's restart policy does. The coordinator's own work
+(evaluation, uploads) is not timed: it may be slow without anything being hung.
 """
 
 from __future__ import annotations
 
-import logging
+import faulthandler
 import os
-import sys
-import threading
-import time
+from collections.abc import Callable
 from types import TracebackType
+from typing import IO, Any, TypeVar
 
-__all__ = ["EXIT_STALLED", "StallWatchdog"]
+__all__ = ["StallWatchdog", "stall_path", "take_stall"]
 
-log = logging.getLogger(__name__)
+T = TypeVar("T")
 
-EXIT_STALLED = 76  # no progress for the configured time: restart from the last checkpoint
+
+def stall_path(run_dir: str) -> str:
+    """Where a stalled coordinator leaves its threads' tracebacks."""
+    return os.path.join(run_dir, "logs", "coordinator-stalled.txt")
+
+
+def take_stall(run_dir: str, attempt: int) -> str | None:
+    """If the coordinator of ``run_dir`` stalled: its tracebacks, kept as ``coordinator-stalled-<attempt>.txt``
+    (returned), so a later attempt starts clean; else None."""
+    path = stall_path(run_dir)
+    try:
+        if os.path.getsize(path) == 0:
+            return None
+    except FileNotFoundError:
+        return None
+    kept = path.replace(".txt", f"-{attempt}.txt")
+    os.replace(path, kept)
+    return kept
 
 
 class StallWatchdog:
-    """``with StallWatchdog(seconds) as watchdog: ... watchdog.beat() ...``; ``None`` disables it."""
+    """``with StallWatchdog(seconds, run_dir) as w: w.timed(call)(...)``; ``seconds=None`` disables it."""
 
-    def __init__(self, seconds: float | None) -> None:
+    def __init__(self, seconds: float | None, run_dir: str) -> None:
         self.seconds = seconds
-        self._last = time.monotonic()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self.path = stall_path(run_dir)
+        self._file: IO[str] | None = None
 
-    def beat(self) -> None:
-        self._last = time.monotonic()
+    def timed(self, call: Callable[..., T]) -> Callable[..., T]:
+        """``call``, the coordinator ended (exit code 1, tracebacks written) if it blocks ``seconds``."""
+        def timed_call(*args: Any) -> T:
+            if self._file is None:
+                return call(*args)
+            faulthandler.dump_traceback_later(self.seconds, exit=True, file=self._file)
+            try:
+                return call(*args)
+            finally:
+                faulthandler.cancel_dump_traceback_later()
+        return timed_call
 
     def __enter__(self) -> StallWatchdog:
         if self.seconds:
-            self.beat()
-            self._thread = threading.Thread(target=self._watch, name="stall-watchdog", daemon=True)
-            self._thread.start()
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            self._file = open(self.path, "w")  # empty until a stall: the supervisor looks for its content
         return self
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-
-    def _watch(self) -> None:
-        assert self.seconds
-        while not self._stop.wait(min(self.seconds / 4, 5.0)):
-            idle = time.monotonic() - self._last
-            if idle >= self.seconds:
-                log.error("training made no progress for %.0f s (stall_seconds): a worker or ps is hung (stopped, "
-                          "deadlocked or unreachable); exiting so that the cluster restarts from the last checkpoint",
-                          idle)
-                sys.stderr.flush()
-                os._exit(EXIT_STALLED)  # a hung step cannot be cancelled; threads blocked on it never return
+        if self._file is not None:
+            faulthandler.cancel_dump_traceback_later()
+            self._file.close()
+            self._file = None
+            os.unlink(self.path)

@@ -12,7 +12,7 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from shardflow.storage import open_dataset, parse_storage_options, redact_url
+from shardflow.storage import ShardflowError, open_dataset, parse_storage_options, redact_url
 from shardflow.storage.urls import redact_text
 
 from .common import CommandFailed, StorageOption, err, out
@@ -82,6 +82,7 @@ def train_command(
     if spec is not None and spec.task_type != "chief":
         raise ValueError(f"TF_CONFIG.task.type is {spec.task_type!r}: this process is not the chief. Run ps and "
                          "worker tasks with `shardflow train-server`.")
+    from shardflow.training.failures import supervised
     from shardflow.training.trainer import LOST_CLUSTER
 
     try:
@@ -92,6 +93,10 @@ def train_command(
         err.print(f"lost contact with the cluster ({type(e).__name__}: {redact_text(str(e).splitlines()[0])}); "
                   "exiting for a restart from the last checkpoint", highlight=False, markup=False)
         sys.exit(EXIT_RESTART)
+    except (ShardflowError, OSError, ValueError):
+        if supervised():  # noted for the local cluster's supervisor, which prints it as the last line
+            sys.exit(2)
+        raise
     out.print(_train_table(config, summary))
 
 
