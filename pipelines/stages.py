@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 
 from shardflow.storage import publish_shard, resolve
 from shardflow.storage.tfrecord import write_tfrecords
-from shardflow.storage.urls import is_local, join_url, redact_url, translate_errors
+from shardflow.storage.urls import is_local, join_url, redact_text, redact_url, secret_values, translate_errors
 
 from .config import PipelineConfig
 from .records import COPY_COLUMN, assign_split, augment, content_hash, mix, row_identity
@@ -213,7 +213,8 @@ def _reported(plan: Plan, task: str) -> Iterator[None]:
         with contextlib.suppress(Exception):  # a full disk may refuse this too: the engine's error then stands
             fs, path = resolve(url, plan.config.storage_options)
             fs.makedirs(posixpath.dirname(path), exist_ok=True)
-            fs.pipe_file(path, json.dumps({"type": kind, "message": str(e)}).encode())
+            message = redact_text(str(e), secret_values(plan.config.storage_options))
+            fs.pipe_file(path, json.dumps({"type": kind, "message": message}).encode())
         raise
 
 

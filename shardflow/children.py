@@ -23,11 +23,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 
-__all__ = ["PARENT_ENV", "child_env", "death_signal", "exit_with_parent", "parent_env"]
+__all__ = ["PARENT_ENV", "alive", "child_env", "death_signal", "exit_with_parent", "parent_env"]
 
 PARENT_ENV = "SHARDFLOW_PARENT_PID"  # set for a child of ours: the pid it must outlive no longer
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 _WATCH_SECONDS = 1.0
+_GRACE_SECONDS = 5.0  # after SIGTERM, before exiting regardless
 
 
 def death_signal(sig: signal.Signals = signal.SIGTERM) -> Callable[[], None] | None:
@@ -89,23 +90,34 @@ def exit_with_parent() -> None:
         return
     parent = int(value)
     if os.getppid() != parent:
-        if not _alive(parent):
+        if not alive(parent):
             os._exit(1)  # it died before we got here
         return
 
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(_WATCH_SECONDS)
-        os._exit(1)  # no cleanup to wait for: whatever we write is committed or invisible
+        # As the kernel's parent-death signal would: SIGTERM first, so handlers can clean up (a
+        # retrain releases its lease); whatever we write is committed or invisible if they cannot.
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(_GRACE_SECONDS)
+        os._exit(1)
 
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """True while ``pid`` runs; a zombie (killed, not yet reaped by its parent) is dead."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
         return False
-    except PermissionError:  # someone else's process
+    except OSError:  # no /proc here: ask the kernel
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # someone else's process
+            return True
         return True
-    return True

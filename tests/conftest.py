@@ -6,6 +6,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -111,3 +112,16 @@ def run_cli(*args: str, check: bool = True, timeout: float = 300) -> subprocess.
     if check and proc.returncode != 0:
         raise AssertionError(f"shardflow {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+@pytest.fixture
+def process_tag(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A tag in the environment of every process the test starts (children inherit it), so that
+    its process checks see its own processes only; whatever still runs at the end is killed (a
+    stopped one too), so that a failing test leaves nothing behind either."""
+    from tests.helpers.processes import kill_tagged
+
+    tag = f"shardflow-test-{os.getpid()}-{time.monotonic_ns()}"
+    monkeypatch.setenv("SHARDFLOW_TEST_TAG", tag)
+    yield tag
+    kill_tagged(tag)

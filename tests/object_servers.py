@@ -8,14 +8,12 @@ that the kernel kills if pytest dies, however it dies, and that teardown kills o
 
 from __future__ import annotations
 
-import ctypes
 import os
 import re
 import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
@@ -26,11 +24,12 @@ from typing import Any
 
 import pytest
 
+from shardflow.children import death_signal
+
 # gcsfs >= 2026.3 asks the Storage Control gRPC API for every bucket's layout, which fake-gcs-server
 # lacks: each call would retry for 60 s. gcsfs reads this switch once, at import (its own tests set it).
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
-_PR_SET_PDEATHSIG = 1
 _AZURITE_DIR = os.path.join(os.path.dirname(__file__), "azurite")
 _READY_TIMEOUT_S = 30.0
 
@@ -80,22 +79,6 @@ class AzureServer:
         return ["-o", f"connection_string={self.connection_string}"]
 
 
-def _die_with_parent() -> Callable[[], None] | None:
-    """A ``preexec_fn`` that has the kernel SIGKILL the server when pytest dies (Linux only)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-    parent = os.getpid()
-
-    def set_death_signal() -> None:
-        prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-        if os.getppid() != parent:  # pytest died before prctl took effect
-            os._exit(1)
-
-    return set_death_signal
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -111,7 +94,7 @@ class _Server:
         self.log_path = os.path.join(workdir, "server.log")
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(argv, cwd=workdir, stdin=subprocess.DEVNULL, stdout=log,
-                                         stderr=subprocess.STDOUT, preexec_fn=_die_with_parent())
+                                         stderr=subprocess.STDOUT, preexec_fn=death_signal(signal.SIGKILL))  # dies with pytest
 
     def log(self) -> str:
         with open(self.log_path, errors="replace") as f:

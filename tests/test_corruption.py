@@ -28,7 +28,9 @@ from shardflow.storage.checkpoints import CORRUPT_DIR
 from shardflow.storage.gc import abort_stale_uploads
 
 from .conftest import Location, run_cli
-from .test_training import _cluster_processes, _process_tag  # noqa: F401 (an autouse fixture: tags our processes)
+from .test_training import _cluster_processes
+
+pytestmark = pytest.mark.usefixtures("process_tag")  # _cluster_processes sees this test's processes only
 
 SMALL_MODEL = {"hash_buckets": 1024, "embedding_dim": 4, "hidden_units": [8], "min_shard_bytes": 4096}
 

@@ -7,14 +7,12 @@ for ``stall_seconds``, and the local cluster restarts every task from the last c
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
 
 import pytest
 import yaml
@@ -55,14 +53,8 @@ def test_a_coordinator_that_ends_normally_leaves_no_stall(tmp_path) -> None:
 
 
 @pytest.fixture
-def tag(monkeypatch) -> Iterator[str]:
-    value = f"hung-worker-{os.getpid()}-{time.monotonic_ns()}"
-    monkeypatch.setenv("SHARDFLOW_TEST_TAG", value)
-    yield value
-    for pid in tagged_processes(value):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGCONT)
-            os.kill(pid, signal.SIGKILL)
+def tag(process_tag: str) -> str:
+    return process_tag
 
 
 @pytest.mark.chaos

@@ -9,17 +9,10 @@ import subprocess
 import sys
 import time
 
+from shardflow.children import alive
+
 from .conftest import run_cli
 from .object_servers import AZURITE_KEY, AzureServer
-
-
-def _alive(pid: int) -> bool:
-    """True while ``pid`` runs (a zombie, killed but not yet reaped by init, counts as gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def test_the_servers_die_with_a_sigkilled_test_session() -> None:
@@ -29,14 +22,14 @@ def test_the_servers_die_with_a_sigkilled_test_session() -> None:
         line = session.stdout.readline()
         assert line, session.stderr.read()
         pids = json.loads(line)
-        assert all(_alive(pid) for pid in pids)
+        assert all(alive(pid) for pid in pids)
     finally:
         session.send_signal(signal.SIGKILL)
         session.wait()
     deadline = time.monotonic() + 10
-    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+    while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not [pid for pid in pids if _alive(pid)], "a server outlived the session that started it"
+    assert not [pid for pid in pids if alive(pid)], "a server outlived the session that started it"
 
 
 def test_an_azure_error_is_one_line_without_the_key(azure_server: AzureServer) -> None:

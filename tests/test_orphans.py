@@ -3,13 +3,10 @@ cleanup; every process it started must still end by itself within a few seconds.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 
 import pytest
 import yaml
@@ -30,15 +27,8 @@ def raw(tmp_path_factory) -> str:
 
 
 @pytest.fixture
-def tag(monkeypatch) -> Iterator[str]:
-    """A tag every process the test starts inherits; whatever still runs at the end is killed,
-    so that a failing test leaves nothing behind either."""
-    value = f"orphans-{os.getpid()}-{time.monotonic_ns()}"
-    monkeypatch.setenv("SHARDFLOW_TEST_TAG", value)
-    yield value
-    for pid in tagged_processes(value):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+def tag(process_tag: str) -> str:
+    return process_tag
 
 
 def _kill_once_started(tag: str, args: list[str], started: list[bytes], log) -> list[int]:
@@ -85,3 +75,17 @@ def test_a_killed_pipeline_leaves_no_worker_process_running(raw, tag, tmp_path, 
     assert len(seen) >= 2
     assert not wait_until_gone(tag, 10), "worker processes outlived their killed pipeline"
     assert not (tmp_path / "out" / "_manifests").exists()  # nothing committed, nothing half-visible
+
+
+def test_a_child_of_ours_ends_with_its_parent_without_the_kernel_signal(tag) -> None:
+    """The portable fallback (``exit_with_parent``): a parent that sets no death signal is SIGKILLed."""
+    child = "from shardflow.children import exit_with_parent; exit_with_parent(); import time; time.sleep(600)"
+    parent = ("import subprocess, sys, time; from shardflow.children import child_env; "
+              f"p = subprocess.Popen([sys.executable, '-c', {child!r}], env=child_env()); "
+              "print(p.pid, flush=True); time.sleep(600)")
+    proc = subprocess.Popen([sys.executable, "-c", parent], stdout=subprocess.PIPE, text=True)
+    pid = int(proc.stdout.readline())
+    time.sleep(1.5)  # the child is past its imports, watching
+    proc.kill()
+    proc.wait()
+    assert not wait_until_gone(tag, 10), f"pid {pid} outlived its parent"

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from shardflow.children import alive
 from shardflow.schedule import Scheduler
 
 from .conftest import TEST_SECRET, run_cli
@@ -93,15 +94,6 @@ def _wait_for(condition: Callable[[], bool], seconds: float, what: str) -> None:
         time.sleep(0.05)
 
 
-def _alive(pid: int) -> bool:
-    """Running or sleeping (a zombie nobody reaped yet counts as dead)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-
-
 def _start_scheduler(tmp_path: Path, cron: str, command: list[str], *, stop_timeout: float = 60,
                      run_now: bool = True) -> tuple[subprocess.Popen[bytes], Path]:
     stderr = tmp_path / "scheduler.err"
@@ -172,7 +164,7 @@ def test_a_signal_mid_run_stops_the_run_and_the_scheduler(tmp_path, signum, igno
         assert proc.wait(timeout=30) == code, stderr.read_text()
     finally:
         proc.kill()
-    assert not _alive(child) and "end" not in log.read_text()
+    assert not alive(child) and "end" not in log.read_text()
     lines = _lines(stderr.read_text())
     run = next(line for line in lines if line.get("run") == "1" and "exit" in line)
     assert run["stopped_by"] == stopped_by and run["outcome"] in ("killed-by-SIGTERM", "killed-by-SIGKILL")
@@ -200,11 +192,11 @@ def test_sigkill_of_the_scheduler_ends_its_run(tmp_path) -> None:
     try:
         _wait_for(lambda: log.exists() and "start" in log.read_text(), 60, "the run to start")
         child = _runs(log)[0]["pid"]
-        assert _alive(child)
+        assert alive(child)
     finally:
         proc.kill()
         proc.wait(timeout=30)
-    _wait_for(lambda: not _alive(child), 15, f"the orphaned run (pid {child}) to end")
+    _wait_for(lambda: not alive(child), 15, f"the orphaned run (pid {child}) to end")
     assert "end" not in log.read_text()
 
 

@@ -85,10 +85,10 @@ def test_no_secret_from_training_and_checkpoint_commands(cluster: str, s3_server
                                                          monkeypatch) -> None:
     """Training straight on synthesized data (its label column is ``label``). A local cluster
     (1 worker, 1 ps) and an export take another minute or two here, so they run with `make chaos`:
-    they add task logs, the tasks' private config (which must be gone afterwards) and the export."""
+    they add task logs, the tasks' config (read from stdin: never a file) and the export."""
     prefix = f"secrets-{uuid.uuid4().hex[:8]}"
     base, options = f"s3://{s3_server.bucket}/{prefix}", s3_server.cli_options
-    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))  # a local cluster's private config goes there
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))  # where a temporary copy of the config would go
     (tmp_path / "tmp").mkdir()
     config = tmp_path / "train.yaml"
     config.write_text(yaml.safe_dump({"model": {"hash_buckets": 256, "embedding_dim": 2, "hidden_units": [4],
@@ -114,4 +114,4 @@ def test_no_secret_from_training_and_checkpoint_commands(cluster: str, s3_server
     expect = ("saved_model.pb", "train.yaml") + ((".log", "report.json") if cluster == "local" else ())
     _assert_no_secret(procs, s3_server, prefix, str(tmp_path), expect=expect)
     if cluster == "local":
-        assert os.listdir(tmp_path / "tmp") == []  # the tasks' private config (it holds the secret) removed
+        assert os.listdir(tmp_path / "tmp") == []  # no copy of the config (it holds the secret) on disk

@@ -25,6 +25,7 @@ from shardflow.pipelines.synth import SynthConfig, synthesize
 from shardflow.storage import CheckpointStore, open_dataset, resolve
 
 from .conftest import run_cli
+from tests.helpers.processes import tagged_processes
 
 SMALL_MODEL = {"hash_buckets": 4096, "embedding_dim": 4, "hidden_units": [16], "min_shard_bytes": 4096}
 
@@ -47,27 +48,14 @@ def _config(tmp_path, **settings) -> str:
 
 
 @pytest.fixture(autouse=True)
-def _process_tag(monkeypatch) -> str:
-    """A tag in the environment of every process a test starts (children inherit it), so the
-    leak checks below see this test's processes only, even beside other shardflow jobs."""
-    tag = f"shardflow-test-{os.getpid()}-{time.monotonic_ns()}"
-    monkeypatch.setenv("SHARDFLOW_TEST_TAG", tag)
-    return tag
+def _process_tag(process_tag: str) -> str:
+    """Every test here tags its processes (conftest ``process_tag``)."""
+    return process_tag
 
 
 def _tagged(*needles: bytes) -> list[int]:
-    """Pids of this test's processes (see ``_process_tag``) whose command line or environment hold every needle."""
-    tag = f"SHARDFLOW_TEST_TAG={os.environ['SHARDFLOW_TEST_TAG']}".encode()
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f, open(f"/proc/{pid}/environ", "rb") as e:
-                text = f.read() + b"\0" + e.read()
-        except OSError:
-            continue
-        if int(pid) != os.getpid() and tag in text.split(b"\0") and all(n in text for n in needles):
-            found.append(int(pid))
-    return found
+    """Pids of this test's processes whose command line or environment hold every needle."""
+    return tagged_processes(os.environ["SHARDFLOW_TEST_TAG"], *needles)
 
 
 def _cluster_processes() -> list[int]:

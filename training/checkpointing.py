@@ -208,9 +208,13 @@ def restore_newest_intact(checkpoint: tf.train.Checkpoint, store: CheckpointStor
                 problem = str(e)
             else:
                 for bad, _ in corrupt:
-                    moved = store.set_aside(bad)
-                    log.warning("set the corrupt checkpoint at step %d aside: its record is now %s", bad,
-                                redact_url(moved))
+                    try:
+                        moved = store.set_aside(bad)
+                    except OSError as e:  # training can go on; the next resume checks it again
+                        log.warning("could not set the corrupt checkpoint at step %d aside: %s", bad, e)
+                    else:
+                        log.warning("set the corrupt checkpoint at step %d aside: its record is now %s", bad,
+                                    redact_url(moved))
                 return record
         log.warning("The checkpoint at step %d in %s is corrupt, not restored: %s; trying the one before.",
                     step, redact_url(store.url), problem)

@@ -240,6 +240,11 @@ class LocalCluster:
                     reason = take_failure(self.config.run_dir) if code else None
                     if reason:  # the coordinator said why: that is the line to end on, not its exit code
                         raise TrainingFailedError(reason)
+                    if stalled or code == EXIT_RESTART:
+                        raise TrainingFailedError(
+                            f"{'training stalled (a task hung; tracebacks in ' + stalled + ')' if stalled else 'a parameter server was lost'} "
+                            f"after {self.restarts} restart(s), `max_restarts`; resume from the last committed checkpoint by "
+                            "running the same command")
                     return code
             finally:
                 self.stop()

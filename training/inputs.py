@@ -209,7 +209,8 @@ class ShardReader:
                 return None  # not on this host (a worker elsewhere read it): checked where it is stored
 
         sized = [(shard, size(shard)) for shard in {s.path: s for s in shards}.values()]
-        possible = [(s, n) for s, n in sized if n is None or offset is None or n > offset]
+        # TensorFlow's offset counts uncompressed bytes: it says nothing of a gzipped shard's size
+        possible = [(s, n) for s, n in sized if n is None or offset is None or n > offset or s.format.endswith(".gz")]
         return [s for s, n in sorted(possible, key=lambda e: e[0].format == "parquet" or e[1] == e[0].bytes)]
 
     def _problem(self, shard: Shard) -> str | None:

@@ -259,6 +259,8 @@ def _train(config: TrainConfig, *, cluster: ClusterSpec | None, progress: Progre
     def crossed(every: int | None, before: int) -> bool:
         return bool(every) and step // every > before // every and step < total_steps
 
+    # Reads from the cluster block for good behind a hung task: an evaluation's, a save's (not its upload).
+    evaluate, state, save = (watchdog.timed(f) for f in (evaluate, state, uploader.save))
     with watchdog:  # a hung task blocks a call into the cluster for good
         try:
             while step < total_steps:
@@ -292,7 +294,7 @@ def _train(config: TrainConfig, *, cluster: ClusterSpec | None, progress: Progre
                     paused += time.perf_counter() - evaluating
                 if crossed(config.checkpoint.every_steps, before) or due_time:
                     join()  # a consistent state: no step half applied
-                    blocked = uploader.save(step, state(step))
+                    blocked = save(step, state(step))
                     paused += blocked
                     last_checkpoint = time.perf_counter()
                     report("checkpoint", step=step, blocked=blocked)
@@ -305,7 +307,7 @@ def _train(config: TrainConfig, *, cluster: ClusterSpec | None, progress: Progre
             if eval_data is not None:
                 evaluate(summary.steps)
             if step > start_step or restored is None:
-                blocked = uploader.save(summary.steps, state(summary.steps))
+                blocked = save(summary.steps, state(summary.steps))
                 report("checkpoint", step=summary.steps, blocked=blocked)
             uploader.wait()
         except BaseException as e:

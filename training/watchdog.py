@@ -5,13 +5,14 @@ another worker. A worker that *hangs* (stopped by SIGSTOP, deadlocked, behind a 
 leaves its TCP connection open) keeps its step forever, and every ``join()`` and ``fetch()``
 waits with it: on this machine a local cluster whose worker 0 of 2 was stopped froze at its next
 checkpoint for good, one thread blocked inside TensorFlow *holding the GIL*, so no Python thread
-could even notice. So each call the training loop makes into the cluster (schedule, fetch, join)
-arms :func:`faulthandler.dump_traceback_later`, a timer in a C thread that needs no GIL: a call
+could even notice. So each call the training loop makes into the cluster (schedule, fetch, join, and
+the reads of an evaluation or a checkpoint save) arms :func:`faulthandler.dump_traceback_later`, a timer in a C thread that needs no GIL: a call
 blocked for ``seconds`` writes every thread's traceback to :func:`stall_path` and ends the
 coordinator. The local cluster's supervisor finds that file (:func:`take_stall`) and restarts
 every task from the last committed checkpoint, as for a lost ps; under an orchestrator
-(Kubernetes, Vertex AI) the coordinator's restart policy does. The coordinator's own work
-(evaluation, uploads) is not timed: it may be slow without anything being hung.
+(Kubernetes, Vertex AI) the coordinator's restart policy does. Evaluations and the blocking part
+of a checkpoint save (reading the variables) are timed too; the background upload is not: it
+may be slow without anything being hung.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ def take_stall(run_dir: str, attempt: int) -> str | None:
             return None
     except FileNotFoundError:
         return None
-    kept = path.replace(".txt", f"-{attempt}.txt")
+    root, ext = os.path.splitext(path)
+    kept = f"{root}-{attempt}{ext}"
     os.replace(path, kept)
     return kept
 
@@ -53,16 +55,19 @@ class StallWatchdog:
         self.seconds = seconds
         self.path = stall_path(run_dir)
         self._file: IO[str] | None = None
+        self._depth = 0  # timed calls in progress (the training loop's thread makes them)
 
     def timed(self, call: Callable[..., T]) -> Callable[..., T]:
         """``call``, the coordinator ended (exit code 1, tracebacks written) if it blocks ``seconds``."""
         def timed_call(*args: Any) -> T:
-            if self._file is None:
+            if self._file is None or self._depth:  # off, or inside a timed call already (evaluate's fetch)
                 return call(*args)
             faulthandler.dump_traceback_later(self.seconds, exit=True, file=self._file)
+            self._depth += 1
             try:
                 return call(*args)
             finally:
+                self._depth -= 1
                 faulthandler.cancel_dump_traceback_later()
         return timed_call
 

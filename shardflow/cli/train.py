@@ -23,7 +23,7 @@ ClusterChoice = Annotated[Optional[str], typer.Option(help="none (this process) 
 
 
 def train_command(
-    config_file: Annotated[Optional[str], typer.Argument(metavar="[CONFIG.yaml]", help="Training config (YAML).")] = None,
+    config_file: Annotated[Optional[str], typer.Argument(metavar="[CONFIG.yaml]", help="Training config (YAML; - reads stdin).")] = None,
     data: Annotated[Optional[str], typer.Option(help="URL of a committed dataset.")] = None,
     checkpoint_dir: Annotated[Optional[str], typer.Option(help="Checkpoint URL (local, s3://, gs://, az://).")] = None,
     run_dir: Annotated[Optional[str], typer.Option(help="Local directory for logs, TensorBoard, curves, export.")] = None,
@@ -163,7 +163,7 @@ def _train_table(config: Any, summary: Any) -> Table:
 
 def train_server_command(
     config_file: Annotated[Optional[str], typer.Argument(metavar="[CONFIG.yaml]",
-                                                         help="The job's training config (workers prepare their shards from it).")] = None,
+                                                         help="The job's training config (YAML; - reads stdin): workers prepare their shards from it.")] = None,
 ) -> None:
     """Run the ps or worker task that TF_CONFIG describes, until stopped."""
     from shardflow.training.cluster import serve

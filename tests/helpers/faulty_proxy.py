@@ -197,6 +197,12 @@ def _handler_for(proxy: FaultyProxy) -> type[BaseHTTPRequestHandler]:
         def log_message(self, format: str, *args: Any) -> None:  # quiet: tests read their own output
             pass
 
+        def finish(self) -> None:  # the client's connection is done: so is ours to the server
+            super().finish()
+            if self._upstream is not None:
+                self._upstream.close()
+                self._upstream = None
+
         def _reset(self) -> None:
             """Close the client's connection with a TCP reset, as a crashed server or a load balancer does."""
             self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import time
 
 
@@ -28,3 +30,11 @@ def wait_until_gone(tag: str, seconds: float) -> list[int]:
     while (left := tagged_processes(tag)) and time.monotonic() < deadline:
         time.sleep(0.2)
     return left
+
+
+def kill_tagged(tag: str) -> None:
+    """SIGKILL every process tagged ``tag`` (continued first: a stopped one, too)."""
+    for pid in tagged_processes(tag):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+            os.kill(pid, signal.SIGKILL)
