@@ -39,7 +39,7 @@ class GcReport:
     bytes_freed: int = 0
     too_recent: list[str] = field(default_factory=list)  # orphans inside the grace period
     unknown: list[str] = field(default_factory=list)  # not shardflow's, or another dataset's: never touched
-    aborted_uploads: list[str] = field(default_factory=list)  # unfinished multipart uploads (also in `removed`)
+    aborted_uploads: list[str] = field(default_factory=list)  # keys of unfinished multipart uploads (one per upload)
     dry_run: bool = False
 
 
@@ -155,7 +155,6 @@ def collect_garbage(
                 emptied.add(os.path.normpath(posixpath.dirname(path)))
                 log.info("gc removed %s", redact_url(join_url(url, rel)))
         report.aborted_uploads = abort_stale_uploads(fs, root, older_than=grace_seconds, dry_run=dry_run)
-        report.removed += [f"multipart upload of {key}" for key in report.aborted_uploads]
         if is_local(fs) and not dry_run:
             _remove_empty_dirs(posixpath.join(root, STAGING_DIR), cutoff, emptied)
     return report

@@ -122,18 +122,17 @@ def data_gc(
                              grace_seconds=parse_duration(grace), keep_versions=keep_versions, dry_run=dry_run,
                              force=force)
     verb = "would remove" if dry_run else "removed"
-    uploads = {f"multipart upload of {key}" for key in report.aborted_uploads}
     for rel in report.removed:
-        if rel not in uploads:
-            out.print(f"{verb} {rel}")
+        out.print(f"{verb} {rel}")
     for key in report.aborted_uploads:  # a writer killed mid-upload: no object, but stored (billed) parts
         out.print(f"{'would abort' if dry_run else 'aborted'} the unfinished multipart upload of {key}")
     if report.too_recent:
         out.print(f"{len(report.too_recent)} unreferenced file(s) younger than {grace} left alone")
     if report.unknown:
         out.print(f"{len(report.unknown)} file(s) shardflow did not write left alone: {', '.join(report.unknown[:5])}")
-    aborted = f"; {'would abort' if dry_run else 'aborted'} {len(uploads)} unfinished upload(s)" if uploads else ""
-    out.print(f"[green]gc[/] {redact_url(url)}: {verb} {len(report.removed) - len(uploads)} file(s), "
+    uploads = len(report.aborted_uploads)
+    aborted = f"; {'would abort' if dry_run else 'aborted'} {uploads} unfinished upload(s)" if uploads else ""
+    out.print(f"[green]gc[/] {redact_url(url)}: {verb} {len(report.removed)} file(s), "
               f"{human_bytes(report.bytes_freed)}{aborted}")
 
 
