@@ -80,18 +80,22 @@ def _trial(setup: Setup, name: str, seed: int, tmp_path, tag: str) -> str:
     rng = random.Random(seed)
     output = tmp_path / f"ds-{name}-{seed}"
     shutil.copytree(setup.base, output)
-    delay = rng.uniform(0.0, setup.seconds * 0.8)  # most trials kill it mid-run; some finish first
+    delay = rng.uniform(0.0, setup.seconds * 0.6)  # after it starts writing: most trials kill it mid-write
     proc = subprocess.Popen([EXE, "pipeline", "run", setup.config(output, MODES[name])],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    staging = output / "_staging"
+    while not any(staging.glob("run-*")) and proc.poll() is None:  # past its imports and plan: rows on their way
+        time.sleep(0.02)
     try:
         proc.wait(timeout=delay)
         killed = False
     except subprocess.TimeoutExpired:
+        staged = sum(1 for p in staging.rglob("*") if p.is_file())
         proc.kill()
         proc.wait()
         killed = True
-    where = f"{name} seed={seed} kill at {delay:.2f}s"
-    print(f"trial {where}: {'killed' if killed else 'finished first'}")
+    where = f"{name} seed={seed} kill {delay:.2f}s into its writing"
+    print(f"trial {where}: {f'killed with {staged} staged file(s)' if killed else 'finished first'}")
     assert not wait_until_gone(tag, 10), f"{where}: processes outlived the killed pipeline"
 
     # What a reader sees now: version 1, or a whole version 2; never a partial shard or manifest.

@@ -403,6 +403,7 @@ def test_an_expired_lease_is_taken_over(history: History) -> None:
     assert _lease_files(world) == []
 
 
+@pytest.mark.chaos  # the kill trials of test_kill_trials cover a killed pipeline in make test
 def test_killed_in_the_pipeline_the_rerun_ingests_each_row_once(history: History, tmp_path: Path) -> None:
     """Killed while the pipeline writes the new day (its staging directory exists for about half
     a second with this day's 120,000 rows; polled every 10 ms, and tried again if it was missed)."""
@@ -461,6 +462,7 @@ def test_killed_in_training_the_rerun_resumes_its_own_checkpoints(history: Histo
     assert _lease_files(world) == []
 
 
+@pytest.mark.chaos  # test_killed_in_training_the_rerun_resumes_its_own_checkpoints covers a kill in training in make test
 def test_killed_in_its_first_training_the_rerun_resumes(tmp_path: Path) -> None:
     """No promotion yet: the killed run's own checkpoints are not taken for a finished model."""
     world = tmp_path / "world"
@@ -540,6 +542,7 @@ def test_a_large_max_regression_promotes(history: History) -> None:
     assert tf.train.load_checkpoint(str(files)).get_tensor("optimizer/_learning_rate/.ATTRIBUTES/VARIABLE_VALUE") == 0.125
 
 
+@pytest.mark.chaos  # a minute of local clusters; warm starts are tested in make test
 def test_warm_start_from_two_workers_into_one(tmp_path: Path) -> None:
     """A real local cluster (2 workers, 2 ps) trains the first model; the next retrain, on one
     worker, starts from its weights: trained for only two steps, it scores within noise of it
