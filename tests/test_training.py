@@ -531,6 +531,7 @@ def test_a_lost_ps_is_replaced_and_training_resumes_from_the_last_checkpoint(cli
     assert not _cluster_processes(), "processes left behind"
 
 
+@pytest.mark.chaos  # a minute of a 2-worker cluster; make test keeps the lost ps
 def test_a_lost_worker_is_restarted_and_trains_again_without_restarting_the_cluster(clicks, tmp_path) -> None:
     proc, out, err = _cluster_run_past_its_first_checkpoint(clicks, tmp_path, steps=3000, every_steps=250)
     store = CheckpointStore(str(tmp_path / "run" / "checkpoints"))
