@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -14,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from .helpers import SHARDFLOW_EXE
 from .object_servers import AzureServer, GcsServer, azure_server, gcs_server  # noqa: F401 (fixtures)
 
 # Never let a client look for cloud credentials or metadata endpoints outside this machine.
@@ -23,6 +23,7 @@ logging.getLogger("werkzeug").setLevel(logging.WARNING)  # the S3 server's acces
 
 TEST_KEY = "shardflow-test-key"
 TEST_SECRET = "shardflow-test-secret-4d1f"  # tests assert this never leaks into output
+
 
 
 @dataclass(frozen=True)
@@ -106,8 +107,7 @@ def shared_location(request: pytest.FixtureRequest, tmp_path: Any) -> Location:
 
 def run_cli(*args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     """Run the real ``shardflow`` console script."""
-    exe = os.path.join(os.path.dirname(sys.executable), "shardflow")
-    proc = subprocess.run([exe, *args], capture_output=True, text=True, timeout=timeout,
+    proc = subprocess.run([SHARDFLOW_EXE, *args], capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "COLUMNS": "200"})
     if check and proc.returncode != 0:
         raise AssertionError(f"shardflow {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")

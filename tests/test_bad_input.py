@@ -9,7 +9,6 @@ import os
 import resource
 import signal
 import subprocess
-import sys
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -19,7 +18,7 @@ import yaml
 from shardflow.storage import open_dataset, read_parquet
 
 from .conftest import run_cli
-from .helpers import error_line
+from .helpers import SHARDFLOW_EXE, error_line
 
 OK_CSV = "id,x,label\n1,0.5,1\n2,1.5,0\n"
 TYPED = {"columns": {"id": "int64", "x": "float64", "label": "int64"}}
@@ -173,8 +172,7 @@ def _run_with_file_size_limit(limit: int, *args: str) -> subprocess.CompletedPro
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
-    exe = os.path.join(os.path.dirname(sys.executable), "shardflow")
-    return subprocess.run([exe, *args], capture_output=True, text=True, timeout=120, preexec_fn=limit_files,
+    return subprocess.run([SHARDFLOW_EXE, *args], capture_output=True, text=True, timeout=120, preexec_fn=limit_files,
                           env={**os.environ, "COLUMNS": "200"})
 
 

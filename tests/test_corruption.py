@@ -18,16 +18,13 @@ import time
 import uuid
 
 import pytest
-import yaml
 
-from shardflow.pipelines.config import load_config
-from shardflow.pipelines.run import run_pipeline
-from shardflow.pipelines.synth import SynthConfig, synthesize
 from shardflow.storage import ChecksumMismatchError, CheckpointStore, open_dataset, resolve
 from shardflow.storage.checkpoints import CORRUPT_DIR
 from shardflow.storage.gc import abort_stale_uploads
 
 from .conftest import Location, run_cli
+from .helpers import committed_clicks, train_config
 from .test_training import _cluster_processes
 
 pytestmark = pytest.mark.usefixtures("process_tag")  # _cluster_processes sees this test's processes only
@@ -39,18 +36,12 @@ SMALL_MODEL = {"hash_buckets": 1024, "embedding_dim": 4, "hidden_units": [8], "m
 @pytest.fixture(scope="module")
 def small_clicks(tmp_path_factory) -> str:
     """4,000 rows in TFRecord and Parquet: 4 train shards, 1 eval shard of each."""
-    root = tmp_path_factory.mktemp("corrupt-data")
-    synthesize(str(root / "raw"), SynthConfig(rows=4_000, days=1, rows_per_shard=4_000))
-    run_pipeline(load_config(None, {"input": str(root / "raw"), "output": str(root / "clicks"), "label": "label",
-                                    "formats": ["parquet", "tfrecord"], "rows_per_shard": 1_000}))
-    return str(root / "clicks")
+    return committed_clicks(tmp_path_factory.mktemp("corrupt-data"), rows=4_000, days=1, raw_rows_per_shard=4_000,
+                            rows_per_shard=1_000)
 
 
 def _config(tmp_path, **settings) -> str:
-    path = tmp_path / "train.yaml"
-    path.write_text(yaml.safe_dump({"model": SMALL_MODEL, "batch_size": 128, "log_every": 10, "eval_rows": 500,
-                                    "run_dir": str(tmp_path / "run"), **settings}))
-    return str(path)
+    return train_config(tmp_path, SMALL_MODEL, eval_rows=500, **settings)
 
 
 def _copy_dataset(source: str, dest: Location) -> str:

@@ -20,9 +20,9 @@ import yaml
 from shardflow.pipelines.synth import SynthConfig, synthesize
 from shardflow.storage import CheckpointStore
 from shardflow.training.watchdog import StallWatchdog, take_stall
+from tests.helpers import SHARDFLOW_EXE as EXE
 from tests.helpers.processes import tagged_processes, wait_until_gone
 
-EXE = os.path.join(os.path.dirname(sys.executable), "shardflow")
 
 
 def test_the_watchdog_ends_a_process_whose_call_into_the_cluster_hangs(tmp_path) -> None:
@@ -69,10 +69,10 @@ def test_a_stopped_worker_does_not_deadlock_the_job(tmp_path, tag) -> None:
         "model": {"hash_buckets": 4096, "embedding_dim": 4, "hidden_units": [16]}, "batch_size": 128,
         "run_dir": str(tmp_path / "run"), "eval_split": None, "log_every": 10, "checkpoint": {"every_steps": 50},
         "stall_seconds": 60}))
-    with (tmp_path / "stderr.txt").open("w") as stderr:
+    # Files, not pipes: while a task is down TensorFlow logs enough to fill a pipe and stall the job.
+    with (tmp_path / "stdout.txt").open("w") as stdout, (tmp_path / "stderr.txt").open("w") as stderr:
         proc = subprocess.Popen([EXE, "train", str(config), "--data", str(tmp_path / "data"), "--cluster", "local",
-                                 "--workers", "2", "--ps", "1", "--steps", "400"], stdout=subprocess.PIPE,
-                                stderr=stderr, text=True)
+                                 "--workers", "2", "--ps", "1", "--steps", "400"], stdout=stdout, stderr=stderr)
     records = tmp_path / "run" / "checkpoints" / "_checkpoints"
     deadline = time.monotonic() + 300
     while not (records.exists() and any(records.iterdir())):
@@ -82,7 +82,8 @@ def test_a_stopped_worker_does_not_deadlock_the_job(tmp_path, tag) -> None:
     assert len(worker) == 1
     os.kill(worker[0], signal.SIGSTOP)
     stopped_at = time.monotonic()
-    out, _ = proc.communicate(timeout=600)
+    proc.wait(timeout=600)
+    out = (tmp_path / "stdout.txt").read_text()
     err = (tmp_path / "stderr.txt").read_text()
     assert proc.returncode == 0, err[-3000:]
     assert "Training stalled: a call into the cluster blocked for 60 s" in err and "restarting every task" in err

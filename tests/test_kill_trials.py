@@ -9,11 +9,9 @@ manifest content, every row once. ``make chaos`` runs them all (seeds printed wi
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
 import subprocess
-import sys
 import time
 
 import pytest
@@ -22,9 +20,9 @@ import yaml
 from shardflow.pipelines.synth import SynthConfig, synthesize
 from shardflow.storage import open_dataset
 from shardflow.storage.gc import collect_garbage
+from tests.helpers import SHARDFLOW_EXE as EXE
 from tests.helpers.processes import wait_until_gone
 
-EXE = os.path.join(os.path.dirname(sys.executable), "shardflow")
 ROWS = 60_000
 MODES = {
     "beam-threads": {"engine": "beam", "direct_running_mode": "multi_threading", "direct_num_workers": 2},

@@ -3,7 +3,6 @@ cleanup; every process it started must still end by itself within a few seconds.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -12,11 +11,11 @@ import pytest
 import yaml
 
 from shardflow.pipelines.synth import SynthConfig, synthesize
+from tests.helpers import SHARDFLOW_EXE as EXE
 from tests.helpers.processes import tagged_processes, wait_until_gone
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
-EXE = os.path.join(os.path.dirname(sys.executable), "shardflow")
 
 
 @pytest.fixture(scope="module")

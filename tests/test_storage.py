@@ -29,6 +29,7 @@ from shardflow.storage.dataset import committed_versions
 from shardflow.storage.manifest import MANIFEST_NAME, Manifest
 
 from .conftest import TEST_SECRET, Location
+from .helpers import SHARDFLOW_EXE
 
 SCHEMA = pa.schema([("id", pa.int64()), ("text", pa.string()), ("x", pa.float64())])
 
@@ -147,8 +148,7 @@ def test_killed_writer_process_leaves_nothing_visible(shared_location: Location)
     loc = shared_location
     run_cli("data", "synth", "--rows", "20000", "--rows-per-shard", "5000", "--output", loc.url, *loc.cli_options)
     committed = open_dataset(loc.url, storage_options=loc.storage_options).manifest
-    exe = os.path.join(os.path.dirname(sys.executable), "shardflow")
-    proc = subprocess.Popen([exe, "data", "synth", "--rows", "3000000", "--rows-per-shard", "20000", "--seed", "9",
+    proc = subprocess.Popen([SHARDFLOW_EXE, "data", "synth", "--rows", "3000000", "--rows-per-shard", "20000", "--seed", "9",
                              "--output", loc.url, *loc.cli_options], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     known = {s.path for s in committed.shards} | {MANIFEST_NAME, "_manifests/v00000001.json"}
     deadline = time.monotonic() + 120

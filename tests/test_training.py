@@ -21,10 +21,10 @@ import yaml
 
 from shardflow.pipelines.config import load_config
 from shardflow.pipelines.run import run_pipeline
-from shardflow.pipelines.synth import SynthConfig, synthesize
 from shardflow.storage import CheckpointStore, open_dataset, resolve
 
 from .conftest import run_cli
+from tests.helpers import SHARDFLOW_EXE, committed_clicks, train_config
 from tests.helpers.processes import tagged_processes
 
 SMALL_MODEL = {"hash_buckets": 4096, "embedding_dim": 4, "hidden_units": [16], "min_shard_bytes": 4096}
@@ -33,18 +33,12 @@ SMALL_MODEL = {"hash_buckets": 4096, "embedding_dim": 4, "hidden_units": [16], "
 @pytest.fixture(scope="module")
 def clicks(tmp_path_factory) -> str:
     """A committed dataset with TFRecord and Parquet shards: 4 train shards, 1 eval shard."""
-    root = tmp_path_factory.mktemp("train-data")
-    synthesize(str(root / "raw"), SynthConfig(rows=30_000, days=2, rows_per_shard=15_000))
-    run_pipeline(load_config(None, {"input": str(root / "raw"), "output": str(root / "clicks"), "label": "label",
-                                    "formats": ["parquet", "tfrecord"], "rows_per_shard": 6_000}))
-    return str(root / "clicks")
+    return committed_clicks(tmp_path_factory.mktemp("train-data"), rows=30_000, days=2, raw_rows_per_shard=15_000,
+                            rows_per_shard=6_000)
 
 
 def _config(tmp_path, **settings) -> str:
-    path = tmp_path / "train.yaml"
-    path.write_text(yaml.safe_dump({"model": SMALL_MODEL, "batch_size": 128, "log_every": 10, "eval_rows": 2000,
-                                    "run_dir": str(tmp_path / "run"), **settings}))
-    return str(path)
+    return train_config(tmp_path, SMALL_MODEL, eval_rows=2000, **settings)
 
 
 @pytest.fixture(autouse=True)
@@ -451,11 +445,10 @@ def test_keep_every_hours_keeps_one_checkpoint_per_period_through_a_training_run
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_ctrl_c_or_sigterm_stops_every_process_even_when_repeated(clicks, tmp_path, signum) -> None:
-    exe = os.path.join(os.path.dirname(sys.executable), "shardflow")
     # The launcher gets Ctrl-C's default action even where this run ignores it (a background job of a script).
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        proc = subprocess.Popen([exe, "train", _config(tmp_path), "--data", clicks, "--cluster", "local", "--workers",
+        proc = subprocess.Popen([SHARDFLOW_EXE, "train", _config(tmp_path), "--data", clicks, "--cluster", "local", "--workers",
                                  "2", "--ps", "1", "--steps", "1000000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True)
     finally:
@@ -505,10 +498,9 @@ def _cluster_run_past_its_first_checkpoint(clicks, tmp_path, *, steps: int, ever
     """``shardflow train`` on a local cluster of 2 workers and 1 ps, once its first checkpoint is
     committed; returns the process and the files holding its stdout and stderr (files, not
     pipes: while a task is down TensorFlow logs enough to fill a pipe and stall the job)."""
-    exe = os.path.join(os.path.dirname(sys.executable), "shardflow")
     out, err = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
     with out.open("w") as stdout, err.open("w") as stderr:
-        proc = subprocess.Popen([exe, "train", _config(tmp_path, checkpoint={"every_steps": every_steps}), "--data",
+        proc = subprocess.Popen([SHARDFLOW_EXE, "train", _config(tmp_path, checkpoint={"every_steps": every_steps}), "--data",
                                  clicks, "--cluster", "local", "--workers", "2", "--ps", "1", "--steps", str(steps)],
                                 stdout=stdout, stderr=stderr, text=True)
     records = tmp_path / "run" / "checkpoints" / "_checkpoints"
