@@ -196,10 +196,12 @@ def _iter_raw(source: InputFile, data: bytes, schema: pa.Schema | None, batch_ro
     """Raw batches of a file (strings for text formats); parse failures go to ``bad``, JSON keys
     outside ``schema`` to ``extra`` (CSV and Parquet batches carry every column of the file)."""
     if source.format == "parquet":
-        # Arrow readers over Arrow buffers: a Python file object would take the GIL on every read
+        # Arrow readers over Arrow buffers: a Python file object would take the GIL on every read.
+        # The whole file as one batch: its columns come out contiguous, so the map stage's gathers
+        # need no concatenation (the file is in memory anyway).
         reader = pq.ParquetFile(pa.BufferReader(data))
         _check_names(source, reader.schema_arrow.names)
-        yield from reader.iter_batches(batch_size=batch_rows)
+        yield from reader.read(use_threads=False).combine_chunks().to_batches()
         return
     if source.format == "csv":
         if not data.strip():  # a zero-byte part file (as many writers leave) holds no rows
@@ -218,9 +220,7 @@ def _iter_raw(source: InputFile, data: bytes, schema: pa.Schema | None, batch_ro
             parse_options=pacsv.ParseOptions(invalid_row_handler=invalid),
             convert_options=pacsv.ConvertOptions(column_types={c: pa.string() for c in header},
                                                  strings_can_be_null=True, quoted_strings_can_be_null=False))
-        for batch in reader:
-            for start in range(0, batch.num_rows, batch_rows):
-                yield batch.slice(start, batch_rows)
+        yield from reader  # one block, so one batch
         return
     lines = data.decode("utf-8", "replace").splitlines()
     for start in range(0, len(lines), batch_rows):

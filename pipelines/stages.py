@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from shardflow.storage import publish_shard, resolve
+from shardflow.storage.parquet import statistics_columns
 from shardflow.storage.tfrecord import write_tfrecords
 from shardflow.storage.urls import is_local, join_url, redact_text, redact_url, secret_values, translate_errors
 
@@ -249,39 +250,41 @@ def _map_file(plan: Plan, index: int) -> MapResult:
     if read.bad.num_rows:
         result.bad_url = join_url(plan.staging, "bad", f"{index:07d}.arrow")
         _write_ipc(result.bad_url, read.bad, config.storage_options)
-    splits = plan.splits
+    if not read.batches:
+        return result
+    # The whole file at once (memory already holds it): one hash and one gather per split, not one per batch
+    table = pa.Table.from_batches([b for _, b in read.batches]).combine_chunks()
+    ids = np.concatenate([row_identity(source.relative, first_row, b.num_rows) for first_row, b in read.batches])
     key_columns = [config.split.key] if config.split.key else plan.schema.names
-    pieces: dict[tuple[str, int], list[pa.Table]] = {}
-    for first_row, batch in read.batches:
-        ids = row_identity(source.relative, first_row, batch.num_rows)
-        which = assign_split(content_hash(batch, key_columns, config.seed), config.split.fractions(), config.seed)
-        table = pa.Table.from_batches([batch])
-        for split_index, split in enumerate(splits):
-            rows = np.flatnonzero(which == split_index)
-            if not rows.size:
-                continue
-            part, part_ids = None, ids[rows]  # ``part`` is gathered once, in shard order, below
-            if config.augment.enabled and split == "train":
-                part, part_ids = augment(table.take(rows), part_ids, config.augment, label=config.label,
-                                         seed=config.seed)
-            keys = mix(part_ids, config.seed, 0x5AFF1E)
-            first, count = plan.shard_range(source, split)
-            shard_of = keys % np.uint64(count) + np.uint64(first)
-            order = np.argsort(shard_of, kind="stable")  # one gather, then each shard is a slice
-            part = table.take(rows[order]) if part is None else part.take(order)
-            if config.augment.enabled and split != "train":
-                part = part.append_column(COPY_COLUMN, pa.array(np.zeros(part.num_rows, np.int32)))
-            part = part.append_column(_KEY, pa.array(keys[order]))
-            bounds = np.searchsorted(shard_of[order], np.arange(first, first + count + 1, dtype=np.uint64))
-            result.rows_out[split] = result.rows_out.get(split, 0) + part.num_rows
-            for i in range(count):
-                if bounds[i + 1] > bounds[i]:
-                    pieces.setdefault((split, first + i), []).append(part.slice(bounds[i], bounds[i + 1] - bounds[i]))
-    for (split, shard), tables in sorted(pieces.items()):
-        url = join_url(plan.staging, "pieces", split, f"{shard:05d}", f"{index:07d}.arrow")
-        _write_ipc(url, pa.concat_tables(tables), config.storage_options)
-        result.pieces.append((split, shard, url))
+    which = assign_split(content_hash(table, key_columns, config.seed), config.split.fractions(), config.seed)
+    for split_index, split in enumerate(plan.splits):
+        rows = np.flatnonzero(which == split_index)
+        if rows.size:
+            result.rows_out[split] = _stage_split(plan, result, source, split, table, rows, ids[rows])
     return result
+
+
+def _stage_split(plan: Plan, result: MapResult, source: InputFile, split: str, table: pa.Table, rows: np.ndarray,
+                 ids: np.ndarray) -> int:
+    """Stage the rows ``rows`` of ``table`` that go to ``split`` as one piece per shard; returns the rows staged."""
+    config = plan.config
+    part = None  # gathered once, in shard order, below
+    if config.augment.enabled and split == "train":
+        part, ids = augment(table.take(rows), ids, config.augment, label=config.label, seed=config.seed)
+    keys = mix(ids, config.seed, 0x5AFF1E)
+    first, count = plan.shard_range(source, split)
+    shard_of = keys % np.uint64(count) + np.uint64(first)
+    order = np.argsort(shard_of, kind="stable")  # one gather, then each shard is a slice
+    part = table.take(rows[order]) if part is None else part.take(order)
+    if config.augment.enabled and split != "train":
+        part = part.append_column(COPY_COLUMN, pa.array(np.zeros(part.num_rows, np.int32)))
+    part = part.append_column(_KEY, pa.array(keys[order]))
+    bounds = np.searchsorted(shard_of[order], np.arange(first, first + count + 1, dtype=np.uint64))
+    for i in np.flatnonzero(np.diff(bounds)):
+        url = join_url(plan.staging, "pieces", split, f"{first + i:05d}", f"{result.index:07d}.arrow")
+        _write_ipc(url, part.slice(bounds[i], bounds[i + 1] - bounds[i]), config.storage_options)
+        result.pieces.append((split, int(first + i), url))
+    return part.num_rows
 
 
 def reduce_shard(plan: Plan, split: str, shard: int, piece_urls: Sequence[str]) -> list[tuple[str, int, str, dict]]:
@@ -297,15 +300,16 @@ def reduce_shard(plan: Plan, split: str, shard: int, piece_urls: Sequence[str]) 
 def _reduce_shard(plan: Plan, split: str, shard: int, piece_urls: Sequence[str]) -> list[tuple[str, int, str, dict]]:
     config = plan.config
     table = pa.concat_tables([_read_ipc(u, config.storage_options) for u in sorted(piece_urls)])
-    table = table.take(pc.sort_indices(table, [(_KEY, "ascending")])).drop_columns([_KEY])
-    table = table.cast(plan.output_schema)
+    order = pc.sort_indices(table.column(_KEY))
+    table = table.drop_columns([_KEY]).take(order).cast(plan.output_schema)
     out = []
     with tempfile.TemporaryDirectory(prefix="shardflow-shard-") as tmp:
         for fmt in config.formats:
             local = os.path.join(tmp, f"shard.{fmt}")
             if fmt == "parquet":
                 pq.write_table(table, local, compression=config.parquet_compression,
-                               row_group_size=config.parquet_row_group_size)
+                               row_group_size=config.parquet_row_group_size,
+                               write_statistics=statistics_columns(table.schema))
                 name = "parquet"
             else:
                 write_tfrecords(local, table.to_batches(max_chunksize=config.batch_rows),
