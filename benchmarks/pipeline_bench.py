@@ -17,7 +17,8 @@ between runs), each round printed, the best of each job counting:
   4. peak RSS (VmHWM) of a fresh process running the Beam and the Dask pipeline at --rss-rows and
      at 10 times as many.
 
-Usage: python benchmarks/pipeline_bench.py [--rows N] [--peer-rows N] [--rounds R] [--json PATH]
+Usage: python benchmarks/pipeline_bench.py [--rows N] [--peer-rows N] [--rounds R] [--parts peers,fixed,...]
+                                          [--json PATH]
 """
 
 from __future__ import annotations
@@ -226,28 +227,33 @@ def bench_rss(tmp: str, n: int, results: dict[str, Any]) -> None:
 
 def report(results: dict[str, Any]) -> None:
     print(f"\npipeline benchmark, {os.cpu_count()} cores; best of {results['rounds']} rounds in turns")
-    print(f"  peers, {results['peer_rows']:,} rows, whole processes:")
-    for engine in ("beam", "dask"):
-        print(f"    shardflow {engine} {results[f'shardflow-{engine}_seconds']:.2f} s, {engine} peer "
-              f"{results[f'{engine}-peer_seconds']:.2f} s: shardflow's speed / the peer's "
-              f"{results[f'shardflow_over_{engine}_peer']:.2f}")
-    print(f"  throughput, {results['rows']:,} rows:")
-    print(f"    {'':28s}{'rows/s':>12s}{'x baseline':>12s}{'x 2 procs':>12s}")
-    two = results["baseline_parquet_2proc_rows_per_s"]
-    for fmt in ("parquet", "tfrecord"):
-        print(f"    {'baseline ' + fmt:28s}{results[f'baseline_{fmt}_rows_per_s']:>12,.0f}{1:>12.2f}")
-        if fmt == "parquet":
-            print(f"    {'baseline parquet, 2 procs':28s}{two:>12,.0f}"
-                  f"{results['baseline_parquet_2proc_over_baseline']:>12.2f}{1:>12.2f}")
-        for engine in ENGINES:
-            rate = results[f"{engine}_{fmt}_rows_per_s"]
-            print(f"    {engine + ' ' + fmt:28s}{rate:>12,.0f}{results[f'{engine}_{fmt}_over_baseline']:>12.2f}"
-                  + (f"{rate / two:>12.2f}" if fmt == "parquet" else ""))
-    print("  fixed cost (1,000 rows, whole process): "
-          + ", ".join(f"{e} {results[f'{e}_fixed_seconds']:.2f} s" for e in ("beam", "dask")))
-    for engine in ("beam", "dask"):
-        print(f"  peak RSS ({engine}) at {results['rss_rows']:,} rows {results[f'{engine}_peak_rss_mib_n']:.0f} MiB, "
-              f"at 10x {results[f'{engine}_peak_rss_mib_10n']:.0f} MiB: ratio {results[f'{engine}_rss_10n_over_n']:.2f}")
+    if "shardflow-beam_seconds" in results:
+        print(f"  peers, {results['peer_rows']:,} rows, whole processes:")
+        for engine in ("beam", "dask"):
+            print(f"    shardflow {engine} {results[f'shardflow-{engine}_seconds']:.2f} s, {engine} peer "
+                  f"{results[f'{engine}-peer_seconds']:.2f} s: shardflow's speed / the peer's "
+                  f"{results[f'shardflow_over_{engine}_peer']:.2f}")
+    if "baseline_parquet_rows_per_s" in results:
+        print(f"  throughput, {results['rows']:,} rows:")
+        print(f"    {'':28s}{'rows/s':>12s}{'x baseline':>12s}{'x 2 procs':>12s}")
+        two = results["baseline_parquet_2proc_rows_per_s"]
+        for fmt in ("parquet", "tfrecord"):
+            print(f"    {'baseline ' + fmt:28s}{results[f'baseline_{fmt}_rows_per_s']:>12,.0f}{1:>12.2f}")
+            if fmt == "parquet":
+                print(f"    {'baseline parquet, 2 procs':28s}{two:>12,.0f}"
+                      f"{results['baseline_parquet_2proc_over_baseline']:>12.2f}{1:>12.2f}")
+            for engine in ENGINES:
+                rate = results[f"{engine}_{fmt}_rows_per_s"]
+                print(f"    {engine + ' ' + fmt:28s}{rate:>12,.0f}{results[f'{engine}_{fmt}_over_baseline']:>12.2f}"
+                      + (f"{rate / two:>12.2f}" if fmt == "parquet" else ""))
+    if "beam_fixed_seconds" in results:
+        print("  fixed cost (1,000 rows, whole process): "
+              + ", ".join(f"{e} {results[f'{e}_fixed_seconds']:.2f} s" for e in ("beam", "dask")))
+    if "beam_rss_10n_over_n" in results:
+        for engine in ("beam", "dask"):
+            print(f"  peak RSS ({engine}) at {results['rss_rows']:,} rows {results[f'{engine}_peak_rss_mib_n']:.0f} MiB, "
+                  f"at 10x {results[f'{engine}_peak_rss_mib_10n']:.0f} MiB: ratio "
+                  f"{results[f'{engine}_rss_10n_over_n']:.2f}")
 
 
 def main() -> None:
@@ -257,15 +263,21 @@ def main() -> None:
     parser.add_argument("--tf-rows", type=int, default=200_000, help="rows of the per-row TFRecord baseline")
     parser.add_argument("--rss-rows", type=int, default=400_000, help="N of the peak RSS runs (and 10 N)")
     parser.add_argument("--rounds", type=int, default=2, help="runs of each job, in turns (best counts)")
+    parser.add_argument("--parts", default="peers,fixed,throughput,rss", help="which parts to run (comma-separated)")
     parser.add_argument("--json", default="bench-results/pipeline.json")
     args = parser.parse_args()
+    parts = set(args.parts.split(","))
     results: dict[str, Any] = {"rows": args.rows, "peer_rows": args.peer_rows, "rss_rows": args.rss_rows,
                                "rounds": args.rounds}
     with tempfile.TemporaryDirectory() as tmp:
-        bench_peers(tmp, args.peer_rows, args.rounds, results)
-        bench_fixed_cost(tmp, args.rounds, results)
-        bench_throughput(tmp, args.rows, args.tf_rows, args.rounds, results)
-        bench_rss(tmp, args.rss_rows, results)
+        if "peers" in parts:
+            bench_peers(tmp, args.peer_rows, args.rounds, results)
+        if "fixed" in parts:
+            bench_fixed_cost(tmp, args.rounds, results)
+        if "throughput" in parts:
+            bench_throughput(tmp, args.rows, args.tf_rows, args.rounds, results)
+        if "rss" in parts:
+            bench_rss(tmp, args.rss_rows, results)
     os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
     with open(args.json, "w") as f:
         json.dump(results, f, indent=1)

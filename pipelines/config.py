@@ -91,7 +91,7 @@ class PipelineConfig(StrictModel):
     parquet_compression: str = "snappy"
     parquet_row_group_size: int = Field(65536, gt=0)
     tfrecord_gzip: bool = False
-    batch_rows: int = Field(65536, gt=0, description="rows per Arrow batch moving through the pipeline")
+    batch_rows: int = Field(65536, gt=0, description="rows per batch parsing JSON lines and encoding TFRecords")
     engine: Literal["beam", "dask"] = "beam"
     runner: str = "DirectRunner"
     # threads overlap well here: Arrow, Parquet and NumPy release the GIL for the heavy work

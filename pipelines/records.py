@@ -102,8 +102,10 @@ def _fold_bytes(h: np.ndarray, column: pa.Array) -> None:
     bounds = np.frombuffer(offsets, offset_type)[column.offset:column.offset + len(column) + 1].astype(np.int64)
     stored = np.diff(bounds)  # a null's slot is usually empty, but Arrow allows otherwise
     lengths = stored if valid is None else np.where(valid, stored, 0)
-    null_flag = np.zeros(len(column), np.uint64) if valid is None else (~valid).astype(np.uint64) << np.uint64(63)
-    _fold(h, lengths.astype(np.uint64) | null_flag)
+    word = lengths.astype(np.uint64)
+    if valid is not None:
+        word |= (~valid).astype(np.uint64) << np.uint64(63)
+    _fold(h, word)
     longest = int(lengths.max(initial=0))
     if not longest:
         return
@@ -154,7 +156,7 @@ def content_hash(batch: pa.RecordBatch | pa.Table, columns: Sequence[str], seed:
                 width, values = 8, values.view(np.int32).astype(np.int64).view(np.uint64)
             valid = _validity(column)
             word = (values if valid is None else np.where(valid, values, 0)).astype(np.uint64)
-            null = np.zeros(len(column), np.uint64) if valid is None else (~valid).astype(np.uint64)
+            null = np.uint64(0) if valid is None else (~valid).astype(np.uint64)  # no nulls: no array of zeros
             if width < 8:  # room for the null flag in the value's word
                 word |= null << np.uint64(63)
             else:

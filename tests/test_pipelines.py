@@ -116,6 +116,17 @@ def test_rerun_is_idempotent_and_deterministic(raw, tmp_path) -> None:
     assert other_seed.manifest.rows == first.manifest.rows
 
 
+def test_parquet_shards_keep_statistics_for_numbers_only(raw, tmp_path) -> None:
+    """Min/max of hex ids prune nothing and cost a quarter of the write; numbers and labels keep theirs."""
+    run(raw, str(tmp_path / "out"), engine="dask")
+    dataset = open_dataset(str(tmp_path / "out"))
+    with dataset.open_shard(dataset.manifest.shards[0]) as f:
+        group = pq.ParquetFile(f).metadata.row_group(0)
+    stats = {group.column(i).path_in_schema: group.column(i).statistics for i in range(group.num_columns)}
+    assert stats["label"].has_min_max and stats["I1"].has_min_max
+    assert all(stats[f"C{i}"] is None or not stats[f"C{i}"].has_min_max for i in range(1, 27))
+
+
 def test_a_dataset_in_two_formats_is_read_once(raw, tmp_path) -> None:
     both = run_pipeline(load_config(None, {"input": raw, "output": str(tmp_path / "both"), "label": "label",
                                            "formats": ["parquet", "tfrecord"]}))
