@@ -274,9 +274,9 @@ def _stage_split(plan: Plan, result: MapResult, source: InputFile, split: str, t
     keys = mix(ids, config.seed, 0x5AFF1E)
     first, count = plan.shard_range(source, split)
     shard_of = keys % np.uint64(count) + np.uint64(first)
-    # One gather, then each shard is a slice, its rows sorted by key: the shard's reduce then
-    # merges sorted runs, which reads each piece in order (twice as fast as a random gather)
-    order = np.lexsort((keys, shard_of))
+    # One gather, then each shard is a slice. Stable, so the gather reads the file in order: more
+    # than twice as fast as sorting by key here too, which would only halve the reduce's gather
+    order = np.argsort(shard_of, kind="stable")
     part = table.take(rows[order]) if part is None else part.take(order)
     if config.augment.enabled and split != "train":
         part = part.append_column(COPY_COLUMN, pa.array(np.zeros(part.num_rows, np.int32)))
