@@ -38,6 +38,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from shardflow.children import exit_with_parent, parent_env
 from shardflow.pipelines.config import load_config
 from shardflow.pipelines.run import run_pipeline
 from shardflow.pipelines.synth import SynthConfig, synthesize
@@ -49,6 +50,7 @@ PEER_FLAGS = ["--shards", "16", "--split", "train=0.8,eval=0.2", "--formats", "p
 
 _RSS_CHILD = """
 import re, sys
+from shardflow.children import exit_with_parent, parent_env
 from shardflow.pipelines.config import load_config
 from shardflow.pipelines.run import run_pipeline
 run_pipeline(load_config(None, {"input": sys.argv[1], "output": sys.argv[2], "label": "label", "engine": sys.argv[3],
@@ -172,8 +174,9 @@ def bench_throughput(tmp: str, n: int, tf_rows: int, rounds: int, results: dict[
     raw = os.path.join(tmp, "raw")
     synthesize(raw, SynthConfig(rows=n, days=8, rows_per_shard=per_shard))
     spawn = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(2, mp_context=spawn) as pool:
-        list(pool.map(open_dataset, [raw, raw]))  # started and warm
+    with concurrent.futures.ProcessPoolExecutor(2, mp_context=spawn, initializer=exit_with_parent) as pool:
+        with parent_env():  # the workers end with this process, even when it is killed
+            list(pool.map(open_dataset, [raw, raw]))  # started and warm
         jobs: dict[str, Callable[[int], float]] = {
             "baseline_parquet": lambda r: timed(lambda: baseline_parquet(raw, os.path.join(tmp, "b.parquet"))),
             "baseline_parquet_2proc": lambda r: timed(lambda: baseline_parquet_2proc(pool, raw, tmp))}

@@ -12,11 +12,18 @@ every figure below is compared with a baseline measured in this process, on the 
      ``ShardReader.prepare`` decodes the Parquet train shards into, against the same bare
      TFRecord baseline. The read ratio EXCLUDES that one-time decode, reported on its own
      (rows/s of ``prepare``).
-  3. Parameter-server training (examples/s): ``shardflow train`` with a local cluster of
-     1 worker and 1 ps (real processes), against ``trainer.train`` in this process with no
-     strategy; same model, same steps, at the training's default batch size (``--batch``).
-     Both rates exclude start-up (the trainer measures from the first scheduled step). Each
-     is run ``--rounds`` times (default 3), in turns; the best run counts.
+  3. Parameter-server training (examples/s), three sides run in turns ``--rounds`` times
+     (default 3; the best run of each counts, every round's figures are printed): the trainer
+     on a local cluster of 1 worker and 1 ps (real processes, started by
+     ``LocalCluster.start_tasks`` as ``shardflow train --cluster local`` starts them, the
+     coordinator a process of its own); the peer a TensorFlow user writes, ``model.fit`` of the
+     same tf_keras model (stock optimizer) under ParameterServerStrategy on a
+     ``DatasetCreator`` of the same TFRecord shards, on the same kind of cluster; and
+     ``trainer.train`` in this process with no strategy. Same steps, at the training's default
+     batch size (``--batch``). Each rate is timed from the first progress report (tracing
+     done) to the last, and so is each process's CPU (``/proc/PID/stat``), printed as CPU µs
+     per example for the worker, the ps and the coordinator: the figure that carries over to
+     a cluster, where they do not share 2 cores.
   4. Checkpoint upload (MB/s, MB = 10^6 bytes) to a local S3 test server (moto): a ~256 MiB
      TensorFlow checkpoint published with ``CheckpointStore.publish``, against a raw
      ``fs.put_file`` of the same files. Each is run twice, in turns; the better run counts.
@@ -25,7 +32,7 @@ every figure below is compared with a baseline measured in this process, on the 
      state to the same server. Median of 3 saves each.
 
 The JSON holds each figure under its key (``input_tfrecord``, ``input_parquet``, ``train_ps``,
-``upload``, ``blocked``), its baseline under ``<key>_baseline`` and the ratio under
+``train_fit``, ``upload``, ``blocked``; ``train_rounds`` has every training run with its CPU), its baseline under ``<key>_baseline`` and the ratio under
 ``<key>_over_baseline``, beside ``parquet_prepare_rows_per_s`` and ``checkpoint_mb``. The 1-minute
 load average is printed (and saved) too: on a shared machine the figures vary from run to run.
 
@@ -39,7 +46,6 @@ import contextlib
 import json
 import logging
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -90,7 +96,8 @@ class Check:
 CHECKS = [
     Check("TFRecord input", "examples/s", "input_tfrecord", 0.9, 0),
     Check("Parquet input (read only)", "examples/s", "input_parquet", 1.0, 0),
-    Check("PS training, 1 worker + 1 ps", "examples/s", "train_ps", 0.7, 0),
+    Check("PS training ÷ one process", "examples/s", "train_ps", 0.85, 0),
+    Check("PS training ÷ model.fit", "examples/s", "train_fit", 1.2, 0),
     Check("checkpoint upload", "MB/s", "upload", 0.9, 1),
     Check("training blocked by checkpoint", "s", "blocked", 0.05, 3, lower_is_better=True),
 ]
@@ -164,37 +171,171 @@ def bench_inputs(dataset: Dataset, tmp: str, results: dict[str, float]) -> None:
 
 
 # -- 3: parameter-server training ------------------------------------------------------------
+SIDES = ("single", "ps", "fit")  # one process; shardflow on 1 worker + 1 ps; model.fit on the same cluster
+SIDE_NAMES = {"single": "one process", "ps": "shardflow 1w+1ps", "fit": "model.fit 1w+1ps"}
+
+
 def train_overrides(data: str, run_dir: str, steps: int, batch: int, cluster: str) -> dict[str, Any]:
     return {"data": data, "run_dir": run_dir, "steps": steps, "eval_split": None, "cluster": cluster,
             "workers": 1, "ps": 1, "batch_size": batch, "checkpoint": {"every_steps": 10**9}, "log_every": 50,
-            "model": MODEL}
+            "export": False, "model": MODEL}
 
 
-def train_ps(data: str, tmp: str, steps: int, batch: int) -> float:
-    """examples/s of ``shardflow train`` on a local 1-worker, 1-ps cluster (from its summary table)."""
-    config = os.path.join(tmp, "ps.yaml")
-    with open(config, "w") as f:
-        yaml.safe_dump(train_overrides(data, os.path.join(tmp, "run-ps"), steps, batch, "local"), f)
-    exe = os.path.join(os.path.dirname(sys.executable), "shardflow")
-    proc = subprocess.run([exe, "train", config], capture_output=True, text=True, timeout=900,
-                          env={**os.environ, "COLUMNS": "200"})
-    match = re.search(r"examples/s\W+([\d,]+) \(", proc.stdout)
-    if proc.returncode != 0 or match is None:
-        raise RuntimeError(f"shardflow train (local cluster) exited {proc.returncode}:\n{proc.stdout}\n"
-                           f"{proc.stderr[-3000:]}")
-    return float(match.group(1).replace(",", ""))
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far, all its threads (``/proc/PID/stat``)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Window:
+    """The timed part of a training run: wall time, examples and each process's CPU seconds,
+    from the first ``mark`` (after tracing and warm-up) to the last."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self.marks: list[tuple[float, int, dict[str, float]]] = []  # (perf_counter, examples so far, CPU by process)
+
+    def mark(self, examples: int) -> None:
+        self.marks.append((time.perf_counter(), examples, {k: cpu_seconds(p) for k, p in self.pids.items()}))
+
+    def result(self) -> dict[str, Any]:
+        (t0, n0, cpu0), (t1, n1, cpu1) = self.marks[0], self.marks[-1]
+        examples = n1 - n0
+        return {"examples_per_s": examples / (t1 - t0), "examples": examples, "seconds": t1 - t0,
+                "cpu_us_per_example": {k: 1e6 * (cpu1[k] - cpu0[k]) / examples for k in self.pids}}
+
+
+def shardflow_window(config: TrainConfig, pids: dict[str, int], cluster: Any = None) -> dict[str, Any]:
+    """``trainer.train``, timed from its first progress report (tracing done) to its last."""
+    window = Window(pids)
+    started = 0.0
+
+    def progress(event: str, **values: Any) -> None:
+        nonlocal started
+        if event == "start":
+            started = time.perf_counter()
+        elif event == "step":
+            window.mark(int(values["step"]) * config.batch_size)
+
+    train(config, cluster=cluster, progress=progress)
+    result = window.result()
+    # The first report comes after tracing and the first log_every steps: what it took beyond
+    # those steps at the steady rate is the cost of tracing the step function (and warming up).
+    first = window.marks[0]
+    result["trace_s"] = first[0] - started - first[1] / result["examples_per_s"]
+    return result
+
+
+def fit_window(config: TrainConfig, cluster: Any, pids: dict[str, int]) -> dict[str, Any]:
+    """The peer a TensorFlow user writes (the ParameterServerStrategy tutorial): the same tf_keras
+    model, compiled with the same optimizer and steps per execution, trained by ``model.fit`` on
+    a ``DatasetCreator`` of the same TFRecord shards. Epochs of ``log_every`` steps, so it syncs
+    as often as the trainer does; timed from the end of the first epoch (tracing done) to the end
+    of the last."""
+    from shardflow.training._tf import tf_keras
+    from shardflow.training.model import build_model
+    from shardflow.training.strategy import make_strategy
+
+    dataset = open_dataset(config.data)
+    spec = InputSpec.from_dataset(dataset, config.label)
+    files = [dataset.shard_path(s) for s in dataset.shards(config.train_split) if s.format == "tfrecord"]
+    parse_spec, label = spec.parse_spec(), spec.label
+
+    def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
+        def parse(records: tf.Tensor) -> tuple[dict[str, tf.Tensor], tf.Tensor]:
+            rows = tf.io.parse_example(records, parse_spec)
+            return {n: t for n, t in rows.items() if n != label}, tf.cast(rows[label], tf.float32)
+
+        ds = tf.data.TFRecordDataset(files, num_parallel_reads=tf.data.AUTOTUNE)
+        ds = ds.shard(context.num_input_pipelines, context.input_pipeline_id)
+        ds = ds.shuffle(config.shuffle_buffer, seed=config.seed).repeat()
+        ds = ds.batch(context.get_per_replica_batch_size(config.batch_size), drop_remainder=True)
+        return ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+    strategy, _ = make_strategy("parameter_server", cluster=cluster, min_shard_bytes=config.model.min_shard_bytes)
+    with strategy.scope():
+        model = build_model(spec, config.model)
+        optimizer = tf_keras.optimizers.get({"class_name": config.optimizer,  # the stock one, as a user writes it
+                                             "config": {"learning_rate": config.learning_rate}})
+        model.compile(optimizer=optimizer, loss=tf_keras.losses.BinaryCrossentropy(from_logits=True),
+                      steps_per_execution=config.steps_per_execution)
+    window = Window(pids)
+    per_epoch = config.log_every
+    epoch_ends = tf_keras.callbacks.LambdaCallback(
+        on_epoch_end=lambda epoch, logs: window.mark((epoch + 1) * per_epoch * config.batch_size))
+    model.fit(tf_keras.utils.experimental.DatasetCreator(dataset_fn), epochs=max(2, config.steps // per_epoch),
+              steps_per_epoch=per_epoch, callbacks=[epoch_ends], verbose=0)
+    return window.result()
+
+
+def coordinate(side: str, config_path: str, out: str, pids: str) -> None:
+    """The coordinator process of a cluster run (``--coordinator``): TF_CONFIG names it chief."""
+    from shardflow.training.strategy import parse_tf_config
+
+    cluster = parse_tf_config()
+    config = load_train_config(config_path)
+    processes = {"coordinator": os.getpid(), **{k: int(v) for k, v in (kv.split("=") for kv in pids.split(","))}}
+    result = shardflow_window(config, processes, cluster) if side == "ps" else fit_window(config, cluster, processes)
+    with open(out, "w") as f:
+        json.dump(result, f)
+
+
+def cluster_run(side: str, config: TrainConfig, tmp: str) -> dict[str, Any]:
+    """One run of ``side`` on a fresh local cluster of 1 worker and 1 ps, started as ``shardflow
+    train --cluster local`` starts it (:meth:`LocalCluster.start_tasks`), its coordinator a
+    process of its own as there."""
+    from shardflow.children import death_signal
+    from shardflow.training.cluster import LocalCluster
+
+    os.makedirs(tmp, exist_ok=True)
+    config_path, out = os.path.join(tmp, f"{side}.yaml"), os.path.join(tmp, f"{side}.json")
+    with open(config_path, "w") as f:
+        yaml.safe_dump({**config.model_dump(mode="json"), "cluster": "tf-config"}, f)
+    local = LocalCluster(config)
+    try:
+        addresses = local.start_tasks()
+        pids = ",".join(f"{t.job}={t.process.pid}" for t in local.tasks if t.process is not None)
+        proc = subprocess.run([sys.executable, __file__, "--coordinator", side, config_path, out, pids],
+                              env=local.task_env(addresses, "chief", 0), capture_output=True, text=True, timeout=900,
+                              preexec_fn=death_signal())
+    finally:
+        local.stop()
+    if proc.returncode != 0:
+        raise RuntimeError(f"the {SIDE_NAMES[side]} coordinator exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+    with open(out) as f:
+        return json.load(f)
+
+
+def one_round(data: str, tmp: str, steps: int, batch: int) -> dict[str, dict[str, Any]]:
+    """Each side once, in turns, on fresh run directories (a used one would resume)."""
+    runs: dict[str, dict[str, Any]] = {}
+    for side in SIDES:
+        config = load_train_config(None, train_overrides(data, os.path.join(tmp, side), steps, batch,
+                                                         "none" if side == "single" else "local"))
+        runs[side] = (shardflow_window(config, {"total": os.getpid()}) if side == "single"
+                      else cluster_run(side, config, tmp))
+    return runs
+
+
+def round_line(run: int, runs: dict[str, dict[str, Any]]) -> str:
+    rate = {side: runs[side]["examples_per_s"] for side in SIDES}
+    cpu = "; ".join(f"{SIDE_NAMES[side]} " + ", ".join(f"{k} {v:.1f}" for k, v in runs[side]["cpu_us_per_example"].items())
+                    for side in SIDES)
+    return (f"  round {run}: " + ", ".join(f"{SIDE_NAMES[s]} {rate[s]:,.0f}" for s in SIDES) + " examples/s; "
+            f"shardflow/one process {rate['ps'] / rate['single']:.3f}, shardflow/model.fit {rate['ps'] / rate['fit']:.3f}"
+            f"\n    CPU µs per example: {cpu}")
 
 
 def bench_training(data: str, tmp: str, steps: int, batch: int, rounds: int, results: dict[str, Any]) -> None:
-    single, ps = [], []
-    for run in range(rounds):
-        os.makedirs(os.path.join(tmp, f"ps-{run}"))  # in turns, fresh run directories (a used one would resume)
-        config = load_train_config(None, train_overrides(data, os.path.join(tmp, f"run-single-{run}"), steps, batch,
-                                                         "none"))
-        single.append(train(config).examples_per_s)
-        ps.append(train_ps(data, os.path.join(tmp, f"ps-{run}"), steps, batch))
-    results["train_ps_baseline"], results["train_ps"] = max(single), max(ps)
-    results["train_ps_runs"], results["train_ps_baseline_runs"] = ps, single
+    history = []
+    for run in range(1, rounds + 1):
+        history.append(one_round(data, os.path.join(tmp, f"train-{run}"), steps, batch))
+        print(round_line(run, history[-1]), flush=True)
+    best = {side: max(h[side]["examples_per_s"] for h in history) for side in SIDES}
+    results["train_ps"] = results["train_fit"] = best["ps"]
+    results["train_ps_baseline"], results["train_fit_baseline"] = best["single"], best["fit"]
+    results["train_rounds"] = history
 
 
 # -- 4, 5: checkpoints on the S3 test server --------------------------------------------------
@@ -289,8 +430,9 @@ def print_table(results: dict[str, float], rows: int, steps: int, batch: int, pa
         measured, baseline = (f"{results[k]:>12,.{check.digits}f}" for k in (check.key, f"{check.key}_baseline"))
         print(f"  {check.name:32s}{check.unit:>11s}{measured}{baseline}{ratio:>8.3f}{target:>9s}  "
               f"{'met' if check.met(ratio) else 'NOT met'}")
-    rounds = [f"{p / s:.3f}" for p, s in zip(results["train_ps_runs"], results["train_ps_baseline_runs"])]
-    print(f"  PS training, each round's ratio (in turns): {', '.join(rounds)}")
+    for side, name in (("single", "one process"), ("fit", "model.fit")):
+        rounds = [f"{r['ps']['examples_per_s'] / r[side]['examples_per_s']:.3f}" for r in results["train_rounds"]]
+        print(f"  PS training ÷ {name}, each round (in turns): {', '.join(rounds)}")
     print(f"  Parquet read excludes the one-time decode into the columnar cache: "
           f"{results['parquet_prepare_rows_per_s']:,.0f} rows/s")
     print(f"  checkpoint size {results['checkpoint_mb']:,.0f} MB; written to {path}")
@@ -304,7 +446,11 @@ def main() -> None:
                         help="batch size of the training runs (default: the training's default)")
     parser.add_argument("--rounds", type=int, default=3, help="runs of each training, in turns (best counts)")
     parser.add_argument("--json", default="bench-results/train.json")
+    parser.add_argument("--coordinator", nargs=4, metavar=("SIDE", "CONFIG", "OUT", "PIDS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.coordinator:  # a cluster run's coordinator process (cluster_run)
+        coordinate(*args.coordinator)
+        return
     results: dict[str, Any] = {"rows": args.rows, "steps": args.steps, "batch": args.batch,
                                "load_average_start": os.getloadavg()[0]}
     with quiet_native_stderr():  # the first device query logs a cuInit error on a machine without a GPU

@@ -115,10 +115,11 @@ class LocalCluster:
         self.tasks: list[_Task] = []
         self.coordinator: subprocess.Popen[bytes] | None = None
         self.restarts = 0
-        self._config_yaml = b""  # what every task reads on its stdin (run)
+        self._config_yaml = b""  # what every task reads on its stdin (start_tasks)
 
     # -- processes -----------------------------------------------------------------------------
-    def _env(self, cluster: dict[str, list[str]], job: str, index: int) -> dict[str, str]:
+    def task_env(self, cluster: dict[str, list[str]], job: str, index: int) -> dict[str, str]:
+        """The environment a task of this cluster runs in: TF_CONFIG naming it, calls that fail fast."""
         env = child_env()
         env["TF_CONFIG"] = json.dumps({"cluster": cluster, "task": {"type": job, "index": index}})
         env["GRPC_FAIL_FAST"] = "use_caller"
@@ -143,7 +144,7 @@ class LocalCluster:
         os.makedirs(self.log_dir, exist_ok=True)
         if task.log_file is None:
             task.log_file = open(os.path.join(self.log_dir, f"{task.job}-{task.index}.log"), "ab")
-        task.process = self._spawn("train-server", self._env(cluster, task.job, task.index),
+        task.process = self._spawn("train-server", self.task_env(cluster, task.job, task.index),
                                    stdout=task.log_file, stderr=subprocess.STDOUT)
 
     def _log_tail(self, task: _Task, lines: int = 15) -> str:
@@ -223,7 +224,6 @@ class LocalCluster:
     # -- supervision ---------------------------------------------------------------------------
     def run(self) -> int:
         """Run the job to the end; returns the coordinator's exit code (0: success)."""
-        self._config_yaml = yaml.safe_dump({**self.config.model_dump(mode="json"), "cluster": "tf-config"}).encode()
         with self._signals():  # held through the cleanup, so a second signal cannot cut it short
             try:
                 while True:
@@ -249,8 +249,13 @@ class LocalCluster:
             finally:
                 self.stop()
 
-    def _attempt(self) -> int:
+    def start_tasks(self) -> dict[str, list[str]]:
+        """Start every ps and worker task on a free port of 127.0.0.1 (any left from before are
+        stopped first) and wait until each serves; returns the cluster, a free ``chief`` address
+        included. :meth:`stop` ends them. A coordinator of another kind (a benchmark's ``model.fit``)
+        can join them with TF_CONFIG from :meth:`task_env`."""
         self.stop()
+        self._config_yaml = yaml.safe_dump({**self.config.model_dump(mode="json"), "cluster": "tf-config"}).encode()
         jobs = {"ps": self.config.ps, "worker": self.config.workers}
         self.tasks = [_Task(job, i, f"127.0.0.1:{_free_port()}") for job, n in jobs.items() for i in range(n)]
         chief = f"127.0.0.1:{_free_port()}"
@@ -258,9 +263,13 @@ class LocalCluster:
         for task in self.tasks:
             self._start_task(task, cluster)
         self._wait_ready()
+        return cluster
+
+    def _attempt(self) -> int:
+        cluster = self.start_tasks()
         take_failure(self.config.run_dir)  # a reason left by an earlier attempt is not this one's
         take_stall(self.config.run_dir, 0)
-        self.coordinator = self._spawn("train", self._env(cluster, "chief", 0))
+        self.coordinator = self._spawn("train", self.task_env(cluster, "chief", 0))
         ps_lost_at: float | None = None
         while (code := self.coordinator.poll()) is None:
             for task in self.tasks:

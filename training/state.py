@@ -25,14 +25,43 @@ from .config import TrainConfig
 from .inputs import InputSpec
 from .model import build_model
 
-__all__ = ["PREFIX", "LoadedCheckpoint", "TrainState", "build_state", "checkpoint_layout",
+__all__ = ["PREFIX", "FusedAdagrad", "LoadedCheckpoint", "TrainState", "build_state", "checkpoint_layout",
            "load_checkpoint", "make_optimizer", "plain_copy", "read_into"]
 
 PREFIX = "ckpt"  # the TensorFlow checkpoint prefix inside each checkpoint directory
 
 
+class FusedAdagrad(tf_keras.optimizers.Adagrad):
+    """tf_keras's Adagrad (same slots, so the same checkpoints), each update one fused kernel.
+
+    The stock update is five to six ops per variable: for a sparse gradient a scatter-add into
+    the accumulator, a gather of it back, then a scatter-add into the variable. Under
+    ParameterServerStrategy all of them run on the ps, where they were most of its op time in a
+    trace of a scheduled step (the scatter-adds alone 45 %). ``ResourceSparseApplyAdagradV2``
+    (and ``ResourceApplyAdagradV2`` for dense gradients) do it in one pass, as the legacy
+    optimizer does: ``accum += g²; var -= lr·g / (√accum + ε)``; the stock one divides by
+    ``√(accum + ε)``, a relative difference under 2e-7 (two float32 ulps) for accumulators from
+    the initial 0.1 up. Indices arrive deduplicated (``apply_gradients`` sums duplicates first), so rows are
+    applied once. A variable mirrored across replicas (MirroredStrategy, TPU) takes the stock path.
+    """
+
+    def update_step(self, grad: Any, variable: Any) -> None:
+        accumulator = self._accumulators[self._index_dict[self._var_key(variable)]]
+        if isinstance(variable, tf.distribute.DistributedValues) or isinstance(accumulator, tf.distribute.DistributedValues):
+            super().update_step(grad, variable)
+            return
+        lr = tf.cast(self.learning_rate, variable.dtype)
+        epsilon = tf.cast(self.epsilon, variable.dtype)
+        if isinstance(grad, tf.IndexedSlices):
+            tf.raw_ops.ResourceSparseApplyAdagradV2(var=variable.handle, accum=accumulator.handle, lr=lr, epsilon=epsilon,
+                                                    grad=grad.values, indices=grad.indices)
+        else:
+            tf.raw_ops.ResourceApplyAdagradV2(var=variable.handle, accum=accumulator.handle, lr=lr, epsilon=epsilon,
+                                              grad=grad)
+
+
 def make_optimizer(config: TrainConfig) -> tf_keras.optimizers.Optimizer:
-    return {"adagrad": tf_keras.optimizers.Adagrad, "adam": tf_keras.optimizers.Adam, "sgd": tf_keras.optimizers.SGD,
+    return {"adagrad": FusedAdagrad, "adam": tf_keras.optimizers.Adam, "sgd": tf_keras.optimizers.SGD,
             "ftrl": tf_keras.optimizers.Ftrl}[config.optimizer](learning_rate=config.learning_rate)
 
 
