@@ -6,9 +6,10 @@ between runs), each round printed, the best of each job counting:
      --shards 16 --split train=0.8,eval=0.2 --formats parquet` against what a user would write in
      Beam or Dask (benchmarks/pipeline_peers.py), on --peer-rows rows as 4 Parquet files;
   2. throughput in this process (imports done beforehand), on --rows rows as 8 Parquet files:
-     * baseline: read the input with pyarrow and write it with one ``ParquetWriter``
-       (single-threaded); the same split over 2 processes (a started pool): the most 2 cores give
-       for the bare read and write;
+     * baseline: read the input with pyarrow and write it with one ``ParquetWriter`` with
+       shardflow's settings (no string statistics); Arrow decodes with its threads; the same split
+       over 2 processes (a started pool): the most 2 cores give for the bare read and write;
+       every side allocates from Arrow's jemalloc pool, as shardflow's local runs do;
      * Beam (DirectRunner: the default, one thread per core; one thread in memory; 2 worker
        processes) and Dask (LocalCluster: the default, 2 worker threads; 2 worker processes)
        writing Parquet, and TFRecord (once each), against ``tf.io.TFRecordWriter`` writing one
@@ -41,9 +42,11 @@ import pyarrow.parquet as pq
 
 from shardflow.children import exit_with_parent, parent_env
 from shardflow.pipelines.config import load_config
+from shardflow.pipelines.engines import use_jemalloc
 from shardflow.pipelines.run import run_pipeline
 from shardflow.pipelines.synth import SynthConfig, synthesize
 from shardflow.storage import open_dataset
+from shardflow.storage.parquet import statistics_columns
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SHARDFLOW = os.path.join(os.path.dirname(sys.executable), "shardflow")
@@ -53,6 +56,7 @@ _RSS_CHILD = """
 import re, sys
 from shardflow.children import exit_with_parent, parent_env
 from shardflow.pipelines.config import load_config
+from shardflow.pipelines.engines import use_jemalloc
 from shardflow.pipelines.run import run_pipeline
 run_pipeline(load_config(None, {"input": sys.argv[1], "output": sys.argv[2], "label": "label", "engine": sys.argv[3],
                                 "rows_per_shard": int(sys.argv[4])}))
@@ -66,6 +70,12 @@ ENGINES = {  # name -> settings
     "dask": {"engine": "dask", "dask_workers": 2},  # the default: LocalCluster, 2 worker threads
     "dask-2proc": {"engine": "dask", "dask_workers": 2, "dask_processes": True},
 }
+
+
+def pool_worker() -> None:
+    """A baseline's worker process: the bench's allocator, and an end with the bench."""
+    exit_with_parent()
+    use_jemalloc()
 
 
 def fresh(path: str) -> str:
@@ -105,7 +115,8 @@ def baseline_parquet(dataset_url: str, out: str, part: int = 0, parts: int = 1) 
     writer = None
     for shard in dataset.manifest.shards[part::parts]:
         for batch in pq.ParquetFile(dataset.shard_path(shard)).iter_batches(batch_size=65536):
-            writer = writer or pq.ParquetWriter(out, batch.schema, compression="snappy")
+            writer = writer or pq.ParquetWriter(out, batch.schema, compression="snappy",  # shardflow's settings
+                                                write_statistics=statistics_columns(batch.schema))
             writer.write_batch(batch)
     writer.close()
 
@@ -175,7 +186,7 @@ def bench_throughput(tmp: str, n: int, tf_rows: int, rounds: int, results: dict[
     raw = os.path.join(tmp, "raw")
     synthesize(raw, SynthConfig(rows=n, days=8, rows_per_shard=per_shard))
     spawn = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(2, mp_context=spawn, initializer=exit_with_parent) as pool:
+    with concurrent.futures.ProcessPoolExecutor(2, mp_context=spawn, initializer=pool_worker) as pool:
         with parent_env():  # the workers end with this process, even when it is killed
             list(pool.map(open_dataset, [raw, raw]))  # started and warm
         jobs: dict[str, Callable[[int], float]] = {
@@ -283,6 +294,7 @@ def main() -> None:
     parser.add_argument("--json", default="bench-results/pipeline.json")
     args = parser.parse_args()
     parts = set(args.parts.split(","))
+    use_jemalloc()  # the engines' runs in this process switch to it: every side allocates alike
     results: dict[str, Any] = {"rows": args.rows, "peer_rows": args.peer_rows, "rss_rows": args.rss_rows,
                                "rounds": args.rounds}
     with tempfile.TemporaryDirectory() as tmp:

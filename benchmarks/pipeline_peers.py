@@ -1,7 +1,9 @@
 """What a user would write by hand instead of `shardflow pipeline run`: the peers of pipeline_bench.py.
 
-Both read every Parquet file under INPUT, split the rows 80/20 by a hash of the whole row
-(pandas' ``hash_pandas_object``) and write Parquet per split:
+Both read every Parquet file under INPUT, split the rows 80/20 by a hash of one column (pandas'
+``hash_pandas_object`` of ``C1``: hashing the whole row, as shardflow does by default, would cost
+pandas more than the whole read and write) and write Parquet per split, with each engine's
+default Parquet settings:
   * beam: ``ReadAllFromParquetBatched`` → tag each table's rows → ``WriteToParquetBatched`` per split
     (runner-chosen shards; ``num_shards=16`` was killed at 24 GiB RSS on 2M rows), on the same
     FnApiRunner and worker threads that shardflow uses (Beam's own DirectRunner first tries to
@@ -23,8 +25,11 @@ import numpy as np
 import pandas as pd
 
 
+KEY = "C1"
+
+
 def is_train(frame: pd.DataFrame) -> np.ndarray:
-    return pd.util.hash_pandas_object(frame, index=False).to_numpy() % 10 < 8
+    return pd.util.hash_pandas_object(frame[KEY], index=False).to_numpy() % 10 < 8
 
 
 def beam_peer(files: list[str], out: str) -> None:

@@ -25,6 +25,7 @@ from shardflow.storage.urls import join_url, redact_url, translate_errors
 __all__ = ["InputFile", "list_inputs", "read_input", "infer_schema", "BAD_ROW_SCHEMA"]
 
 _MAX_BLOCK = (1 << 31) - 1  # Arrow's CSV block size is an int32
+_CAST_SLICE = 65536  # values walked one by one at most, around a value that does not cast
 _EXTENSIONS = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
 BAD_ROW_SCHEMA = pa.schema([("source", pa.string()), ("row", pa.int64()), ("raw", pa.string()), ("reason", pa.string())])
 
@@ -138,8 +139,13 @@ def _cast_column(values: pa.Array, target: pa.DataType) -> tuple[pa.Array, list[
         return pc.cast(values, target), []
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         pass
+    if len(values) > _CAST_SLICE:  # a whole file: find the slices that hold the bad values first
+        parts = [(start, _cast_column(values.slice(start, _CAST_SLICE), target))
+                 for start in range(0, len(values), _CAST_SLICE)]
+        return (pa.concat_arrays([cast for _, (cast, _) in parts]),
+                [(start + i, reason) for start, (_, bad) in parts for i, reason in bad])
     out, bad = [], []
-    for i, value in enumerate(values):  # the slow path runs only for a batch that holds bad values
+    for i, value in enumerate(values):  # the slow path runs only for a slice that holds bad values
         try:
             out.append(pc.cast(pa.array([value.as_py()], values.type), target)[0].as_py())
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, TypeError, ValueError):
@@ -220,7 +226,7 @@ def _iter_raw(source: InputFile, data: bytes, schema: pa.Schema | None, batch_ro
             parse_options=pacsv.ParseOptions(invalid_row_handler=invalid),
             convert_options=pacsv.ConvertOptions(column_types={c: pa.string() for c in header},
                                                  strings_can_be_null=True, quoted_strings_can_be_null=False))
-        yield from reader  # one block, so one batch
+        yield from reader  # one batch per block: one for a file under 2 GiB
         return
     lines = data.decode("utf-8", "replace").splitlines()
     for start in range(0, len(lines), batch_rows):

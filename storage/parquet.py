@@ -16,10 +16,21 @@ __all__ = ["write_parquet_shards", "read_parquet", "iter_parquet_batches", "stat
 
 
 def statistics_columns(schema: pa.Schema) -> list[str]:
-    """The columns worth min/max statistics: all but strings and bytes. Hex ids and free text
-    make ranges that prune nothing, and computing them costs a quarter of a Parquet write."""
+    """The Parquet columns (leaf paths) worth min/max statistics: all but strings and bytes. Hex
+    ids and free text make ranges that prune nothing, and computing them costs a quarter of a
+    Parquet write."""
+    return [path for field in schema for path in _leaves(field.name, field.type)]
+
+
+def _leaves(path: str, kind: pa.DataType) -> list[str]:
+    if pa.types.is_struct(kind):
+        return [leaf for child in kind for leaf in _leaves(f"{path}.{child.name}", child.type)]
+    if pa.types.is_map(kind):
+        return _leaves(f"{path}.key_value.key", kind.key_type) + _leaves(f"{path}.key_value.value", kind.item_type)
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
+        return _leaves(f"{path}.list.element", kind.value_type)
     text = (pa.types.is_string, pa.types.is_large_string, pa.types.is_binary, pa.types.is_large_binary)
-    return [f.name for f in schema if not any(is_text(f.type) for is_text in text)]
+    return [] if any(is_text(kind) for is_text in text) else [path]
 
 
 def write_parquet_shards(

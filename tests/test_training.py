@@ -579,17 +579,21 @@ def test_fused_adagrad_updates_as_the_stock_one_does() -> None:
     rng = np.random.default_rng(0)
     start = {"table": rng.normal(size=(50, 4)).astype(np.float32), "kernel": rng.normal(size=(4, 3)).astype(np.float32)}
     results = {}
-    for optimizer in (tf_keras.optimizers.Adagrad(learning_rate=0.4), FusedAdagrad(learning_rate=0.4)):
+    optimizers = {"Adagrad": tf_keras.optimizers.Adagrad(learning_rate=0.4),
+                  "FusedAdagrad": FusedAdagrad(learning_rate=0.4, jit_compile=False),
+                  "FusedAdagrad under XLA": FusedAdagrad(learning_rate=0.4, jit_compile=True)}  # a GPU's default
+    for name, optimizer in optimizers.items():
         table, kernel = tf.Variable(start["table"]), tf.Variable(start["kernel"])
         optimizer.build([table, kernel])
         for step in range(5):
             ids = tf.constant(rng.choice(50, size=12, replace=False) if step else [3, 3, 7, 7, 7, 9], tf.int64)
             sparse = tf.IndexedSlices(tf.constant(rng.normal(size=(len(ids), 4)), tf.float32), ids, tf.constant([50, 4]))
             optimizer.apply_gradients([(sparse, table), (tf.constant(rng.normal(size=(4, 3)), tf.float32), kernel)])
-        results[type(optimizer).__name__] = [v.numpy() for v in (table, kernel, *optimizer.variables[1:])]
+        results[name] = [v.numpy() for v in (table, kernel, *optimizer.variables[1:])]
         rng = np.random.default_rng(0)
-        rng.normal(size=(50, 4)), rng.normal(size=(4, 3))  # the same gradients for the second optimizer
+        rng.normal(size=(50, 4)), rng.normal(size=(4, 3))  # the same gradients for the next optimizer
     assert len(results["Adagrad"]) == len(results["FusedAdagrad"]) == 4  # variables, then their accumulators
-    for stock, fused in zip(results["Adagrad"], results["FusedAdagrad"]):
+    for stock, fused, xla in zip(results["Adagrad"], results["FusedAdagrad"], results["FusedAdagrad under XLA"]):
         np.testing.assert_allclose(fused, stock, rtol=2e-6, atol=1e-6)
+        np.testing.assert_allclose(xla, stock, rtol=2e-6, atol=1e-6)
     assert not np.allclose(results["FusedAdagrad"][0], start["table"])  # it did update

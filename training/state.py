@@ -41,23 +41,27 @@ class FusedAdagrad(tf_keras.optimizers.Adagrad):
     (and ``ResourceApplyAdagradV2`` for dense gradients) do it in one pass, as the legacy
     optimizer does: ``accum += g²; var -= lr·g / (√accum + ε)``; the stock one divides by
     ``√(accum + ε)``, a relative difference under 2e-7 (two float32 ulps) for accumulators from
-    the initial 0.1 up. Indices arrive deduplicated (``apply_gradients`` sums duplicates first), so rows are
-    applied once. A variable mirrored across replicas (MirroredStrategy, TPU) takes the stock path.
+    the initial 0.1 up. Indices arrive deduplicated (``apply_gradients`` sums duplicates first),
+    so rows are applied once; the kernels lock the variable, as the stock scatter-adds do, so two
+    workers updating the same rows lose nothing. The stock path remains for variables mirrored
+    across replicas (MirroredStrategy, TPU) and under XLA (``jit_compile``, tf_keras's default
+    where a GPU is seen), which has no kernel for the sparse update.
     """
 
-    def update_step(self, grad: Any, variable: Any) -> None:
+    def update_step(self, grad: tf.Tensor | tf.IndexedSlices, variable: tf.Variable) -> None:
+        """Apply one gradient to ``variable`` and its accumulator."""
         accumulator = self._accumulators[self._index_dict[self._var_key(variable)]]
-        if isinstance(variable, tf.distribute.DistributedValues) or isinstance(accumulator, tf.distribute.DistributedValues):
+        if self.jit_compile or any(isinstance(v, tf.distribute.DistributedValues) for v in (variable, accumulator)):
             super().update_step(grad, variable)
             return
         lr = tf.cast(self.learning_rate, variable.dtype)
         epsilon = tf.cast(self.epsilon, variable.dtype)
         if isinstance(grad, tf.IndexedSlices):
             tf.raw_ops.ResourceSparseApplyAdagradV2(var=variable.handle, accum=accumulator.handle, lr=lr, epsilon=epsilon,
-                                                    grad=grad.values, indices=grad.indices)
+                                                    grad=grad.values, indices=grad.indices, use_locking=True)
         else:
             tf.raw_ops.ResourceApplyAdagradV2(var=variable.handle, accum=accumulator.handle, lr=lr, epsilon=epsilon,
-                                              grad=grad)
+                                              grad=grad, use_locking=True)
 
 
 def make_optimizer(config: TrainConfig) -> tf_keras.optimizers.Optimizer:

@@ -26,7 +26,7 @@ from shardflow.storage.commit import publish_bytes
 from shardflow.storage.urls import join_url, translate_errors
 
 from ..stages import MapResult, Plan, map_file, reduce_shard
-from . import Progress, ShardRecord
+from . import Progress, ShardRecord, use_jemalloc
 
 __all__ = ["BeamEngine", "build_pipeline", "beam_options"]
 
@@ -103,7 +103,10 @@ def build_pipeline(plan: Plan) -> beam.Pipeline:
     Prism runner, a binary it downloads from GitHub at run time: that reaches the internet,
     fails or differs by machine, and leaves temporary directories behind.
     """
-    runner = _local_runner(plan) if plan.config.runner == "DirectRunner" else None  # else the one --runner names
+    runner = None  # the one --runner names
+    if plan.config.runner == "DirectRunner":
+        use_jemalloc()  # for the in-process workers; multi_processing's set it themselves (.beam_worker)
+        runner = _local_runner(plan)
     pipeline = beam.Pipeline(runner=runner, options=beam_options(plan))
     _ = (
         pipeline

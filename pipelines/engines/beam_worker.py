@@ -14,4 +14,8 @@ if __name__ == "__main__":
     exit_with_parent()  # before Beam's imports, which take seconds
     from apache_beam.runners.worker import sdk_worker_main
 
+    from shardflow.pipelines.engines import use_jemalloc
+
+    use_jemalloc()
+
     sdk_worker_main.main(sys.argv)

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from distributed import Client, LocalCluster, as_completed
 
 from ..stages import MapResult, Plan, group_pieces, map_file, reduce_shard
-from . import Progress, ShardRecord
+from . import Progress, ShardRecord, use_jemalloc
 
 __all__ = ["DaskEngine"]
 
@@ -29,6 +29,10 @@ def _client(plan: Plan) -> Iterator[Client]:
     with LocalCluster(n_workers=config.dask_workers, threads_per_worker=1, processes=config.dask_processes,
                       dashboard_address=None, silence_logs=logging.CRITICAL if quiet else logging.INFO) as cluster, \
             Client(cluster) as client:
+        if config.dask_processes:
+            client.run(use_jemalloc)
+        else:
+            use_jemalloc()
         yield client
 
 

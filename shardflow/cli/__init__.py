@@ -76,7 +76,9 @@ def main(argv: list[str] | None = None) -> None:
                   "(run with --log-level DEBUG for the traceback)", style="red", highlight=False, markup=False)
         sys.exit(2)
     finally:
-        # The collector's passes over everything Beam, Dask or TensorFlow loaded at exit cost up
-        # to a second after the work is done; frozen objects are skipped (and freed by the OS).
-        gc.freeze()
+        # The process ends here (the console script passes no argv): the collector's passes over
+        # everything Beam, Dask or TensorFlow loaded cost up to a second at exit; frozen objects
+        # are skipped (and freed by the OS). A caller passing argv keeps its collector as it was.
+        if argv is None:
+            gc.freeze()
 
