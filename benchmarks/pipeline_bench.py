@@ -3,8 +3,9 @@
 Four parts, every comparison run in turns, round by round (this machine's speed drifts by a third
 between runs), each round printed, the best of each job counting:
   1. peers, whole processes (start-up included): `shardflow pipeline run --engine beam|dask
-     --shards 16 --split train=0.8,eval=0.2 --formats parquet` against what a user would write in
-     Beam or Dask (benchmarks/pipeline_peers.py), on --peer-rows rows as 4 Parquet files;
+     --shards 16 --split train=0.8,eval=0.2 --split-key C1 --formats parquet` against what a user
+     would write in Beam or Dask (benchmarks/pipeline_peers.py, the same split key), on
+     --peer-rows rows as 4 Parquet files;
   2. throughput in this process (imports done beforehand), on --rows rows as 8 Parquet files:
      * baseline: read the input with pyarrow and write it with one ``ParquetWriter`` with
        shardflow's settings (no string statistics); Arrow decodes with its threads; the same split
@@ -50,7 +51,9 @@ from shardflow.storage.parquet import statistics_columns
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SHARDFLOW = os.path.join(os.path.dirname(sys.executable), "shardflow")
-PEER_FLAGS = ["--shards", "16", "--split", "train=0.8,eval=0.2", "--formats", "parquet", "--label", "label"]
+# Split by the same key as the peers (pipeline_peers.KEY): a whole-row hash costs pandas more than the IO
+PEER_FLAGS = ["--shards", "16", "--split", "train=0.8,eval=0.2", "--split-key", "C1", "--formats", "parquet",
+              "--label", "label"]
 
 _RSS_CHILD = """
 import re, sys

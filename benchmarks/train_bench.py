@@ -229,7 +229,8 @@ def shardflow_window(config: TrainConfig, pids: dict[str, int], cluster: Any = N
 
 def fit_window(config: TrainConfig, cluster: Any, pids: dict[str, int]) -> dict[str, Any]:
     """The peer a TensorFlow user writes (the ParameterServerStrategy tutorial): the same tf_keras
-    model, compiled with the same optimizer and steps per execution, trained by ``model.fit`` on
+    model, compiled with the same optimizer settings in tf_keras's stock implementation (so the
+    ratio includes shardflow's fused Adagrad) and steps per execution, trained by ``model.fit`` on
     a ``DatasetCreator`` of the same TFRecord shards. Epochs of ``log_every`` steps, so it syncs
     as often as the trainer does; timed from the end of the first epoch (tracing done) to the end
     of the last."""
