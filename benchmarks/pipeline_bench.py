@@ -49,17 +49,17 @@ from shardflow.pipelines.synth import SynthConfig, synthesize
 from shardflow.storage import open_dataset
 from shardflow.storage.parquet import statistics_columns
 
+from pipeline_peers import KEY as PEER_KEY  # beside this script
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 SHARDFLOW = os.path.join(os.path.dirname(sys.executable), "shardflow")
-# Split by the same key as the peers (pipeline_peers.KEY): a whole-row hash costs pandas more than the IO
-PEER_FLAGS = ["--shards", "16", "--split", "train=0.8,eval=0.2", "--split-key", "C1", "--formats", "parquet",
+# Split by the peers' key: a whole-row hash costs pandas more than its IO
+PEER_FLAGS = ["--shards", "16", "--split", "train=0.8,eval=0.2", "--split-key", PEER_KEY, "--formats", "parquet",
               "--label", "label"]
 
 _RSS_CHILD = """
 import re, sys
-from shardflow.children import exit_with_parent, parent_env
 from shardflow.pipelines.config import load_config
-from shardflow.pipelines.engines import use_jemalloc
 from shardflow.pipelines.run import run_pipeline
 run_pipeline(load_config(None, {"input": sys.argv[1], "output": sys.argv[2], "label": "label", "engine": sys.argv[3],
                                 "rows_per_shard": int(sys.argv[4])}))
@@ -275,7 +275,7 @@ def report(results: dict[str, Any]) -> None:
             for engine in ENGINES:
                 rate = results[f"{engine}_{fmt}_rows_per_s"]
                 print(f"    {engine + ' ' + fmt:28s}{rate:>12,.0f}{results[f'{engine}_{fmt}_over_baseline']:>12.2f}"
-                      + (f"{rate / two:>12.2f}" if fmt == "parquet" else ""))
+                      + (f"{results[f'{engine}_parquet_over_2proc']:>12.2f}" if fmt == "parquet" else ""))
     if "beam_fixed_seconds" in results:
         print("  fixed cost (1,000 rows, command start to commit): "
               + ", ".join(f"{e} {results[f'{e}_fixed_seconds']:.2f} s" for e in ("beam", "dask")))

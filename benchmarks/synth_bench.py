@@ -20,7 +20,8 @@ import time
 import numpy as np
 import pyarrow.parquet as pq
 
-from shardflow.pipelines.synth import CHUNK_ROWS, LABEL, NUMERIC, SCHEMA, PlantedModel, SynthConfig, synthesize
+from shardflow.pipelines.synth import CHUNK_ROWS, SCHEMA, PlantedModel, SynthConfig, synthesize
+from shardflow.storage.parquet import statistics_columns
 
 # VmHWM is the child's own peak; ru_maxrss would report the parent's peak carried across exec.
 _CHILD = """
@@ -53,7 +54,7 @@ def main() -> None:
                    for i, s in enumerate(range(0, n, CHUNK_ROWS))]
         start = time.perf_counter()
         with pq.ParquetWriter(os.path.join(tmp, "baseline.parquet"), SCHEMA, compression="snappy",
-                              write_statistics=[LABEL, *NUMERIC]) as writer:  # same settings as synth
+                              write_statistics=statistics_columns(SCHEMA)) as writer:  # same settings as synth
             for batch in batches:
                 writer.write_batch(batch, row_group_size=128 * 1024)
         baseline_s = time.perf_counter() - start

@@ -32,9 +32,9 @@ every figure below is compared with a baseline measured in this process, on the 
      state to the same server. Median of 3 saves each.
 
 The JSON holds each figure under its key (``input_tfrecord``, ``input_parquet``, ``train_ps``,
-``train_fit``, ``upload``, ``blocked``; ``train_rounds`` has every training run with its CPU), its baseline under ``<key>_baseline`` and the ratio under
-``<key>_over_baseline``, beside ``parquet_prepare_rows_per_s`` and ``checkpoint_mb``. The 1-minute
-load average is printed (and saved) too: on a shared machine the figures vary from run to run.
+``train_fit``, ``upload``, ``blocked``; ``train_rounds`` has every training run with its CPU),
+its baseline under ``<key>_baseline`` and the ratio under ``<key>_over_baseline``, beside
+``parquet_prepare_rows_per_s`` and ``checkpoint_mb``. The 1-minute load average is printed (and saved) too: on a shared machine the figures vary from run to run.
 
 Usage: python benchmarks/train_bench.py [--rows N] [--steps S] [--batch B] [--rounds R] [--json PATH]
 """

@@ -203,11 +203,10 @@ def _iter_raw(source: InputFile, data: bytes, schema: pa.Schema | None, batch_ro
     outside ``schema`` to ``extra`` (CSV and Parquet batches carry every column of the file)."""
     if source.format == "parquet":
         # Arrow readers over Arrow buffers: a Python file object would take the GIL on every read.
-        # The whole file as one batch: its columns come out contiguous, so the map stage's gathers
-        # need no concatenation (the file is in memory anyway).
+        # The whole file at once (the map stage holds it anyway): its columns come out contiguous.
         reader = pq.ParquetFile(pa.BufferReader(data))
         _check_names(source, reader.schema_arrow.names)
-        yield from reader.read(use_threads=False).combine_chunks().to_batches()
+        yield from reader.read(use_threads=False).to_batches()
         return
     if source.format == "csv":
         if not data.strip():  # a zero-byte part file (as many writers leave) holds no rows

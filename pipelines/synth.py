@@ -335,8 +335,7 @@ def synthesize(
                 continue
             hist = _ProbabilityHistogram()
             write_parquet_shards(writer, _day_batches(model, config.seed, date, rows, hist, on_rows), split="all",
-                                 partition={"day": date}, rows_per_shard=config.rows_per_shard,
-                                 write_statistics=[LABEL, *NUMERIC])
+                                 partition={"day": date}, rows_per_shard=config.rows_per_shard)
             expected, realized = hist.auc()
             days[date] = {"rows": rows, "optimal_auc": _finite(expected), "optimal_auc_realized": _finite(realized),
                           "click_rate": round(float(hist.pos.sum()) / rows, 5)}

@@ -43,7 +43,7 @@ def write_parquet_shards(
     compression: str = "snappy",
     row_group_size: int = 128 * 1024,
     use_dictionary: bool | list[str] = True,
-    write_statistics: bool | list[str] = True,
+    write_statistics: bool | list[str] | None = None,
     schema: pa.Schema | None = None,
 ) -> list[Shard]:
     """Stream record batches into Parquet shards of about ``rows_per_shard`` rows.
@@ -53,7 +53,7 @@ def write_parquet_shards(
 
     Args:
         use_dictionary, write_statistics: As in ``pyarrow.parquet.ParquetWriter``: all columns, or
-            those named (min/max statistics of random ids cost time and help no reader).
+            those named; statistics default to :func:`statistics_columns` of the schema.
         schema: Every batch must have exactly this schema (default: the first batch's).
 
     Returns:
@@ -87,8 +87,9 @@ def write_parquet_shards(
                 while offset < batch.num_rows:
                     if current is None:
                         path = writer.staging_path(".parquet")
+                        stats = statistics_columns(batch.schema) if write_statistics is None else write_statistics
                         current = pq.ParquetWriter(path, batch.schema, compression=compression,
-                                                   use_dictionary=use_dictionary, write_statistics=write_statistics)
+                                                   use_dictionary=use_dictionary, write_statistics=stats)
                     take = min(batch.num_rows - offset, rows_per_shard - rows)
                     current.write_batch(batch.slice(offset, take), row_group_size=row_group_size)
                     offset += take

@@ -25,7 +25,6 @@ TEST_KEY = "shardflow-test-key"
 TEST_SECRET = "shardflow-test-secret-4d1f"  # tests assert this never leaks into output
 
 
-
 @dataclass(frozen=True)
 class S3Server:
     endpoint: str

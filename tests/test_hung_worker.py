@@ -24,7 +24,6 @@ from tests.helpers import SHARDFLOW_EXE as EXE
 from tests.helpers.processes import tagged_processes, wait_until_gone
 
 
-
 def test_the_watchdog_ends_a_process_whose_call_into_the_cluster_hangs(tmp_path) -> None:
     script = textwrap.dedent(f"""
         import threading, time

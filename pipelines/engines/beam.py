@@ -103,10 +103,7 @@ def build_pipeline(plan: Plan) -> beam.Pipeline:
     Prism runner, a binary it downloads from GitHub at run time: that reaches the internet,
     fails or differs by machine, and leaves temporary directories behind.
     """
-    runner = None  # the one --runner names
-    if plan.config.runner == "DirectRunner":
-        use_jemalloc()  # for the in-process workers; multi_processing's set it themselves (.beam_worker)
-        runner = _local_runner(plan)
+    runner = _local_runner(plan) if plan.config.runner == "DirectRunner" else None  # else the one --runner names
     pipeline = beam.Pipeline(runner=runner, options=beam_options(plan))
     _ = (
         pipeline
@@ -126,6 +123,9 @@ class BeamEngine:
 
     def run(self, plan: Plan, progress: Progress) -> tuple[list[MapResult], list[ShardRecord]]:
         outcome: dict[str, object] = {}
+
+        if plan.config.runner == "DirectRunner":
+            use_jemalloc()  # for the in-process workers; multi_processing's set it themselves (.beam_worker)
 
         def execute() -> None:
             try:

@@ -29,10 +29,7 @@ def _client(plan: Plan) -> Iterator[Client]:
     with LocalCluster(n_workers=config.dask_workers, threads_per_worker=1, processes=config.dask_processes,
                       dashboard_address=None, silence_logs=logging.CRITICAL if quiet else logging.INFO) as cluster, \
             Client(cluster) as client:
-        if config.dask_processes:
-            client.run(use_jemalloc)
-        else:
-            use_jemalloc()
+        client.run(use_jemalloc)  # on every worker: in this process when they are threads
         yield client
 
 
